@@ -1,0 +1,1 @@
+"""Raw multilingual text → tokens → megatron-core indexed datasets (.bin/.idx)."""

@@ -1,0 +1,177 @@
+"""Checkpoints with megatron-core ``dist_checkpointing``: save, atomic publish, auto-resume.
+
+Layout under the checkpoint directory::
+
+    step_00000100/      a complete checkpoint (dist_checkpointing format + run_config.yaml)
+    latest              text file naming the newest complete checkpoint
+    .tmp_step_00000200/ a save in progress (never read; removed by the next save)
+
+A checkpoint is written into ``.tmp_step_*`` and renamed to ``step_*`` only after every rank has
+finished, then ``latest`` is replaced atomically, so a crash mid-save leaves the previous
+checkpoint as the one resumed from. Each holds the model, optimizer, LR scheduler, the data
+position (consumed samples) and every rank's RNG states.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "step_"
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _layout() -> list[int]:
+    return [
+        parallel_state.get_pipeline_model_parallel_world_size(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_data_parallel_world_size(with_context_parallel=True),
+    ]
+
+
+def _rng_state() -> ShardedObject:
+    state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    rank = (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_data_parallel_rank(with_context_parallel=True),
+    )
+    return ShardedObject("rng_state", state, tuple(_layout()), rank, replica_id=0)
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    return getattr(chunk, "module", chunk)
+
+
+def _sharded_state_dict(model: list, optimizer: Any, with_rng: bool, is_loading: bool) -> dict:
+    state: dict[str, Any] = {}
+    for i, chunk in enumerate(model):
+        state[f"model{i}"] = _unwrap(chunk).sharded_state_dict()
+    if optimizer is not None:
+        model_sd = {k: v for k, v in state.items() if k.startswith("model")}
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+    if with_rng:
+        state["rng_state"] = _rng_state()
+    return state
+
+
+def save(
+    root: str | Path,
+    step: int,
+    model: list,
+    optimizer: Any,
+    scheduler: Any,
+    progress: dict,
+    run_config: Optional[str] = None,
+    keep_last: int = 0,
+) -> Path:
+    """Write a checkpoint for ``step`` and publish it atomically; returns its directory."""
+    root = Path(root)
+    tmp, final = root / f".tmp_{_PREFIX}{step:08d}", root / f"{_PREFIX}{step:08d}"
+    if _rank0():
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f".tmp_{_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False)
+    state["scheduler"] = scheduler.state_dict()
+    state["progress"] = dict(progress, step=step, layout=_layout())
+    dist_checkpointing.save(state, str(tmp))
+    _barrier()
+    if _rank0():
+        if run_config is not None:
+            (tmp / "run_config.yaml").write_text(run_config)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_latest(root, final.name)
+        if keep_last > 0:
+            for old in complete_checkpoints(root)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / ".latest.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, root / "latest")
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """Published checkpoints, oldest first (``.tmp_*`` saves in progress are never listed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and (p / "metadata.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def latest_checkpoint(root: str | Path) -> Optional[Path]:
+    root = Path(root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if (named / "metadata.json").is_file():
+            return named
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
+    """Restore model, optimizer, scheduler and RNG from ``path``; returns its progress record."""
+    path = Path(path)
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    progress = common["progress"]
+    same_layout = list(progress["layout"]) == _layout()
+    if not same_layout:
+        log.warning(
+            "checkpoint %s was saved with (pp, tp, dp) = %s, now %s: RNG states are not restored",
+            path, progress["layout"], _layout(),
+        )
+    state = _sharded_state_dict(model, optimizer, with_rng=same_layout, is_loading=True)
+    loaded = dist_checkpointing.load(state, str(path))
+    for i, chunk in enumerate(model):
+        _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(common["scheduler"])
+    if same_layout:
+        _restore_rng(loaded["rng_state"])
+    return progress

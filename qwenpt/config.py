@@ -1,0 +1,293 @@
+"""The run's configuration: a typed schema for Hydra, and validation in the user's terms.
+
+Hydra checks types and unknown keys against these dataclasses; :func:`validate` checks what
+types cannot (divisibility of heads by TP, batch arithmetic, files that must exist) and raises
+:class:`ConfigError` naming the field — before anything is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from qwenpt.models.registry import FAMILIES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """One Qwen model: every number of its architecture (the files in conf/model/ are the table)."""
+
+    name: str = MISSING
+    family: str = MISSING  # a key of qwenpt.models.registry.FAMILIES
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    ffn_hidden_size: int = MISSING  # dense SwiGLU width (Qwen v1: half its HF intermediate_size)
+    num_attention_heads: int = MISSING
+    num_query_groups: int = MISSING  # = heads for MHA, fewer for GQA
+    vocab_size: int = MISSING  # embedding rows, already padded (151936 / 152064)
+    max_position_embeddings: int = MISSING
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    qkv_bias: bool = True
+    init_std: float = 0.02
+    # Mixture of experts (Qwen1.5-MoE, Qwen2-MoE); num_experts null means dense.
+    num_experts: Optional[int] = None
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_router_topk: int = 1
+    moe_shared_expert_ffn_hidden_size: Optional[int] = None
+    moe_norm_topk_prob: bool = False  # Qwen2-MoE: top-k after softmax, no renormalisation
+    moe_aux_loss_coeff: float = 0.001
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    context_parallel_size: int = 1
+    expert_model_parallel_size: int = 1
+    expert_tensor_parallel_size: Optional[int] = None  # null: same as tensor_model_parallel_size
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    moe_token_dispatcher_type: str = "allgather"  # allgather | alltoall
+    recompute_granularity: Optional[str] = None  # null | selective | full
+    recompute_num_layers: int = 1
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+
+@dataclass
+class BlendEntry:
+    prefix: str = MISSING  # path prefix of a megatron indexed dataset (prefix.bin / prefix.idx)
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    # Empty blend: use the bundled multilingual sample (tokenized into cache_dir on first use).
+    blend: List[BlendEntry] = field(default_factory=list)
+    tokenizer: Optional[str] = None  # tokenizer.json or a directory holding one; null: bundled
+    seq_length: int = 256
+    split: str = "95,5,0"  # train, valid, test shares of each dataset's documents
+    cache_dir: str = "~/.cache/qwenpt"
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    warmup_steps: int = 100
+    wsd_decay_fraction: float = 0.2  # WSD: share of steps in the final decay
+    wsd_decay_style: str = "linear"  # linear | cosine | exponential | minus_sqrt
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    micro_batch_size: int = 4
+    global_batch_size: int = 16
+    seed: int = 1234
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    eval_interval: int = 50
+    eval_steps: int = 4
+    run_dir: str = "runs/${model.name}"
+    peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "qwenpt"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    progress: bool = True  # progress bar with throughput
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 100  # steps; a checkpoint is also written at the end
+    dir: Optional[str] = None  # null: <run_dir>/checkpoints
+    resume: bool = True  # continue from the latest complete checkpoint in dir
+    keep_last: int = 2  # older complete checkpoints are deleted; 0 keeps all
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def register() -> None:
+    """Make the schema available to Hydra as ``base_config`` (conf/config.yaml extends it)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_model(m: Any, parallel: Any | None = None) -> None:
+    """Architecture and its fit to a parallel layout (shared by train.py, the planner and the converter)."""
+    _check(m.family in FAMILIES, f"model.family {m.family!r} is unknown; use one of {sorted(FAMILIES)}")
+    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size"):
+        _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
+    _check(
+        m.hidden_size % m.num_attention_heads == 0,
+        f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}",
+    )
+    _check(
+        m.num_attention_heads % m.num_query_groups == 0,
+        f"model.num_attention_heads {m.num_attention_heads} is not divisible by "
+        f"model.num_query_groups {m.num_query_groups}",
+    )
+    if m.num_experts is not None:
+        _check(m.moe_ffn_hidden_size is not None, "model.moe_ffn_hidden_size must be set when model.num_experts is")
+        _check(
+            1 <= m.moe_router_topk <= m.num_experts,
+            f"model.moe_router_topk {m.moe_router_topk} must be between 1 and model.num_experts {m.num_experts}",
+        )
+    if parallel is None:
+        return
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    for key, num in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.num_query_groups)):
+        _check(num % tp == 0, f"model.{key} {num} is not divisible by parallel.tensor_model_parallel_size {tp}")
+    _check(
+        m.vocab_size % tp == 0,
+        f"model.vocab_size {m.vocab_size} is not divisible by parallel.tensor_model_parallel_size {tp}",
+    )
+    stages = pp * (parallel.virtual_pipeline_model_parallel_size or 1)
+    _check(
+        m.num_layers % stages == 0,
+        f"model.num_layers {m.num_layers} is not divisible into {stages} pipeline stages "
+        f"(parallel.pipeline_model_parallel_size {pp} x virtual_pipeline_model_parallel_size "
+        f"{parallel.virtual_pipeline_model_parallel_size or 1})",
+    )
+    if parallel.virtual_pipeline_model_parallel_size is not None:
+        _check(pp > 1, "parallel.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size > 1")
+    ep = parallel.expert_model_parallel_size
+    if m.num_experts is None:
+        _check(ep == 1, f"parallel.expert_model_parallel_size {ep} needs an MoE model (model.num_experts is null)")
+    else:
+        _check(
+            m.num_experts % ep == 0,
+            f"model.num_experts {m.num_experts} is not divisible by parallel.expert_model_parallel_size {ep}",
+        )
+    if parallel.sequence_parallel:
+        _check(tp > 1, "parallel.sequence_parallel needs tensor_model_parallel_size > 1")
+    _check(
+        parallel.moe_token_dispatcher_type in ("allgather", "alltoall"),
+        f"parallel.moe_token_dispatcher_type {parallel.moe_token_dispatcher_type!r} must be allgather or alltoall",
+    )
+    _check(
+        parallel.recompute_granularity in (None, "selective", "full"),
+        f"parallel.recompute_granularity {parallel.recompute_granularity!r} must be null, selective or full",
+    )
+
+
+def data_parallel_size(parallel: Any, world_size: int) -> int:
+    model_parallel = (
+        parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size
+    )
+    _check(
+        world_size % model_parallel == 0,
+        f"world size {world_size} is not divisible by tensor x pipeline x context parallel sizes "
+        f"({parallel.tensor_model_parallel_size} x {parallel.pipeline_model_parallel_size} x "
+        f"{parallel.context_parallel_size} = {model_parallel})",
+    )
+    return world_size // model_parallel
+
+
+def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
+    """Check everything a run needs before any process group, model or dataset is created."""
+    validate_model(cfg.model, cfg.parallel)
+    p, t, o, d = cfg.parallel, cfg.train, cfg.optim, cfg.data
+    dp = data_parallel_size(p, world_size)
+    if cfg.model.num_experts is not None:
+        etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+        expert_world = etp * p.expert_model_parallel_size * p.pipeline_model_parallel_size
+        _check(
+            world_size % expert_world == 0,
+            f"world size {world_size} is not divisible by expert_tensor_parallel x expert_model_parallel x "
+            f"pipeline sizes ({expert_world})",
+        )
+    _check(t.micro_batch_size > 0, f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
+    _check(
+        t.global_batch_size % (t.micro_batch_size * dp) == 0,
+        f"train.global_batch_size {t.global_batch_size} is not divisible by train.micro_batch_size "
+        f"{t.micro_batch_size} x data-parallel size {dp}",
+    )
+    _check(t.steps > 0, f"train.steps must be positive, got {t.steps}")
+    _check(t.precision in ("auto", "fp32", "bf16"), f"train.precision {t.precision!r} must be auto, fp32 or bf16")
+    _check(
+        d.seq_length <= cfg.model.max_position_embeddings,
+        f"data.seq_length {d.seq_length} exceeds model.max_position_embeddings {cfg.model.max_position_embeddings}",
+    )
+    _check(
+        d.seq_length % p.context_parallel_size == 0,
+        f"data.seq_length {d.seq_length} is not divisible by parallel.context_parallel_size {p.context_parallel_size}",
+    )
+    if p.sequence_parallel:
+        _check(
+            d.seq_length % p.tensor_model_parallel_size == 0,
+            f"data.seq_length {d.seq_length} is not divisible by parallel.tensor_model_parallel_size "
+            f"{p.tensor_model_parallel_size} (needed by sequence_parallel)",
+        )
+    _check(
+        o.schedule in ("cosine", "wsd", "linear", "constant"),
+        f"optim.schedule {o.schedule!r} must be cosine, wsd, linear or constant",
+    )
+    _check(0 <= o.min_lr <= o.lr, f"optim.min_lr {o.min_lr} must be between 0 and optim.lr {o.lr}")
+    _check(0 <= o.warmup_steps <= t.steps, f"optim.warmup_steps {o.warmup_steps} must be between 0 and train.steps {t.steps}")
+    for i, entry in enumerate(d.blend):
+        for ext in (".bin", ".idx"):
+            path = Path(f"{entry.prefix}{ext}").expanduser()
+            _check(
+                path.is_file(),
+                f"data.blend[{i}].prefix: {path} does not exist; build it with `python -m data_pipeline` "
+                "or fix the path",
+            )
+        _check(entry.weight > 0, f"data.blend[{i}].weight must be positive, got {entry.weight}")
+    if d.tokenizer is not None:
+        tok = Path(d.tokenizer).expanduser()
+        _check(
+            tok.is_file() or (tok / "tokenizer.json").is_file(),
+            f"data.tokenizer: {tok} is neither a tokenizer.json nor a directory holding one",
+        )
+    _check(
+        cfg.logging.wandb.mode in ("offline", "online", "disabled"),
+        f"logging.wandb.mode {cfg.logging.wandb.mode!r} must be offline, online or disabled",
+    )
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

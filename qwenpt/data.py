@@ -1,0 +1,132 @@
+"""Blend config → megatron-core GPT datasets → per-rank micro-batch loaders.
+
+Datasets are megatron indexed datasets (``.bin``/``.idx``) blended by
+``BlendedMegatronDatasetBuilder``. With an empty ``data.blend``, the bundled multilingual sample
+(qwenpt/assets/sample, one prefix per language, natural weights) is tokenized into
+``data.cache_dir`` on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from data_pipeline.indexed import is_complete
+from data_pipeline.tokenize import tokenize_jsonl
+from data_pipeline.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(str(resources.files("qwenpt") / "assets"))
+SAMPLE_DIR = ASSETS / "sample"
+BUNDLED_TOKENIZER = ASSETS / "tokenizer" / "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Blend:
+    prefixes: list[str]
+    weights: list[float]
+    names: list[str]  # short name per prefix (language for the bundled sample), for per-source metrics
+
+
+def load_tokenizer(data: Any) -> TextTokenizer:
+    return TextTokenizer(Path(data.tokenizer).expanduser() if data.tokenizer else BUNDLED_TOKENIZER)
+
+
+def prepare_sample(cache_dir: str | Path, tokenizer: TextTokenizer) -> Blend:
+    """Tokenize the bundled sample once per tokenizer (rank 0 writes, everyone waits); natural weights."""
+    digest = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()[:12]
+    out = Path(cache_dir).expanduser() / "sample" / digest
+    files = sorted(SAMPLE_DIR.glob("*.jsonl.gz"))
+    langs = [f.name.removesuffix(".jsonl.gz") for f in files]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for lang, f in zip(langs, files):
+            prefix = out / lang
+            if not is_complete(prefix):
+                docs, tokens, stats = tokenize_jsonl([f], tokenizer, prefix)
+                log.info("tokenized bundled sample %s: %d documents, %d tokens -> %s", lang, docs, tokens, prefix)
+    if dist.is_initialized():
+        dist.barrier()
+    prefixes = [str(out / lang) for lang in langs]
+    weights = [_token_count(p) for p in prefixes]
+    return Blend(prefixes=prefixes, weights=weights, names=langs)
+
+
+def _token_count(prefix: str) -> float:
+    dataset = IndexedDataset(prefix)  # keep it alive: sequence_lengths is a view into its mmap
+    return float(dataset.sequence_lengths.sum())
+
+
+def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:
+    if not data.blend:
+        return prepare_sample(data.cache_dir, tokenizer)
+    prefixes = [str(Path(e.prefix).expanduser()) for e in data.blend]
+    return Blend(
+        prefixes=prefixes, weights=[float(e.weight) for e in data.blend], names=[Path(p).name for p in prefixes]
+    )
+
+
+def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int) -> GPTDatasetConfig:
+    return GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=data.seq_length,
+        blend=(blend.prefixes, blend.weights),
+        split=data.split,
+        path_to_cache=str(Path(data.cache_dir).expanduser() / "index"),
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mmap_bin_files=True,
+    )
+
+
+def build_datasets(config: GPTDatasetConfig, num_samples: list[int]) -> list[Optional[Any]]:
+    """[train, valid, test] datasets with at least ``num_samples`` samples each (0: not built)."""
+    return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, config).build()
+
+
+class PretrainingSampler:
+    """Megatron-LM's pretraining order: global batches of consecutive samples, each DP rank taking
+    its micro-batch slice; starting at ``consumed_samples`` makes resume exact."""
+
+    def __init__(
+        self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int
+    ) -> None:
+        self.total, self.consumed = total_samples, consumed_samples
+        self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+
+    def __len__(self) -> int:
+        return (self.total - self.consumed) // (self.mbs * self.dp_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.mbs * self.dp_size
+        for start in range(self.consumed, self.total - step + 1, step):
+            first = start + self.dp_rank * self.mbs
+            yield list(range(first, first + self.mbs))
+
+
+def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_workers: int) -> Iterator[dict]:
+    sampler = PretrainingSampler(
+        len(dataset),
+        consumed_samples,
+        micro_batch_size,
+        parallel_state.get_data_parallel_rank(),
+        parallel_state.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
+    return iter(loader)

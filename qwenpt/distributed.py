@@ -1,0 +1,86 @@
+"""Process groups and megatron-core parallel state, on GPU (NCCL) or CPU (gloo).
+
+Works the same under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK) and as one plain
+process (a world of one). On a machine without CUDA the CPU layer (:mod:`qwenpt.cpu_compat`)
+is installed first.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from qwenpt import cpu_compat
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    cpu: bool  # running on the CPU layer
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_process_group() -> Runtime:
+    """Join (or create) the default process group; install the CPU layer when CUDA is absent."""
+    cpu = cpu_compat.install()
+    if not dist.is_initialized():
+        backend = "gloo" if cpu else "nccl"
+        if "RANK" in os.environ:
+            if not cpu:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        else:  # a single plain process: a world of one, no rendezvous needed
+            if not cpu:
+                torch.cuda.set_device(0)
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
+    return Runtime(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, cpu=cpu)
+
+
+def initialize(parallel: Any, seed: int) -> Runtime:
+    """Process group, megatron-core model-parallel groups, and seeds (same init on every DP rank)."""
+    rt = init_process_group()
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
+    )
+    seed_everything(seed)
+    return rt
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

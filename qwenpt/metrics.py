@@ -1,0 +1,77 @@
+"""Run metrics: a JSONL file in the run directory (what analysis code reads) and wandb."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsLogger:
+    """Writes one JSON object per record to ``<run_dir>/metrics.jsonl`` and mirrors it to wandb.
+
+    Only the main rank writes. wandb runs offline by default (no network needed; sync later with
+    ``wandb sync``); ``logging.wandb.mode=online`` streams, ``disabled`` turns it off.
+    """
+
+    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, enabled: bool, resume_step: int = 0) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb_run = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step and self.path.exists():
+            self._truncate_after(resume_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+        if wandb_cfg.mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb_run = wandb.init(
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                name=wandb_cfg.name or run_dir.name,
+                mode=wandb_cfg.mode,
+                dir=str(run_dir),
+                config=config,
+                resume="allow",
+                id=_wandb_id(run_dir),
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop records past the checkpoint: those steps are about to be redone."""
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable wandb run id per run directory, so a resumed run continues the same wandb run."""
+    id_file = run_dir / "wandb_id"
+    if not id_file.exists():
+        id_file.write_text(uuid.uuid4().hex[:12])
+    return id_file.read_text().strip()
+
+
+def read_metrics(run_dir: str | Path, kind: Optional[str] = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (``kind``: 'train' or 'valid' to filter)."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
+    return [r for r in records if kind is None or r["kind"] == kind]

@@ -1,0 +1,139 @@
+"""Model config → megatron-core TransformerConfig + layer spec → GPTModel chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from qwenpt.models.attention import SDPAttention
+
+
+def use_transformer_engine() -> bool:
+    """Transformer Engine's fused spec when it imports and a GPU is present; else the SDPA spec."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def transformer_config(
+    model: Any,
+    parallel: Any,
+    dtype: torch.dtype = torch.float32,
+    *,
+    perform_initialization: bool = True,
+) -> TransformerConfig:
+    """The megatron-core config for a Qwen model under a parallel layout."""
+    on_gpu = torch.cuda.is_available()
+    moe = model.num_experts is not None
+    return TransformerConfig(
+        # architecture
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.hidden_size // model.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=model.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_std,
+        # mixture of experts
+        num_moe_experts=model.num_experts,
+        moe_ffn_hidden_size=model.moe_ffn_hidden_size if moe else None,
+        moe_router_topk=model.moe_router_topk if moe else 2,
+        moe_router_pre_softmax=moe and not model.moe_norm_topk_prob,
+        moe_router_load_balancing_type="aux_loss",
+        moe_aux_loss_coeff=model.moe_aux_loss_coeff if moe else 0.0,
+        moe_shared_expert_intermediate_size=model.moe_shared_expert_ffn_hidden_size if moe else None,
+        moe_shared_expert_gate=moe and model.moe_shared_expert_ffn_hidden_size is not None,
+        moe_token_dispatcher_type=parallel.moe_token_dispatcher_type,
+        moe_grouped_gemm=moe and use_transformer_engine(),
+        # parallelism
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method="uniform" if parallel.recompute_granularity == "full" else None,
+        recompute_num_layers=parallel.recompute_num_layers if parallel.recompute_granularity == "full" else None,
+        # numerics
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        calculate_per_token_loss=True,
+        # kernels: fusions need CUDA (and apex/TE for some); CPU takes the plain torch paths
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=perform_initialization,
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+    )
+
+
+def layer_spec(model: Any) -> ModuleSpec:
+    moe = model.num_experts
+    if use_transformer_engine():
+        return get_gpt_layer_with_transformer_engine_spec(num_experts=moe, moe_grouped_gemm=moe is not None)
+    spec = get_gpt_layer_local_spec(num_experts=moe, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def build_model(
+    model: Any,
+    parallel: Any,
+    dtype: torch.dtype = torch.float32,
+    *,
+    perform_initialization: bool = True,
+) -> list[GPTModel]:
+    """This rank's model chunks: one per virtual pipeline stage (one without interleaving).
+
+    megatron-core's parallel state must be initialised (see :mod:`qwenpt.distributed`).
+    """
+    config = transformer_config(model, parallel, dtype, perform_initialization=perform_initialization)
+    spec = layer_spec(model)
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        chunks.append(
+            GPTModel(
+                config=config,
+                transformer_layer_spec=spec,
+                vocab_size=model.vocab_size,
+                max_sequence_length=model.max_position_embeddings,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+                share_embeddings_and_output_weights=model.tie_embeddings,
+                position_embedding_type="rope",
+                rotary_percent=1.0,
+                rotary_base=int(model.rope_theta),
+                vp_stage=stage,
+            )
+        )
+    return chunks

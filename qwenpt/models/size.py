@@ -1,0 +1,56 @@
+"""Exact parameter counts of a Qwen model config, without building it.
+
+Used for MFU, the layout planner and the scaling-law tooling (embedding vs non-embedding
+parameters); a test checks it against megatron-core's real model built on the meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # every parameter, each tied matrix counted once
+    embedding: int  # input embedding + untied output layer
+    non_embedding: int  # total - embedding
+    active: int  # parameters used per token (MoE: top-k routed experts only)
+
+    @property
+    def active_non_embedding(self) -> int:
+        return self.active - self.embedding
+
+
+def attention_params(m: Any) -> int:
+    head_dim = m.hidden_size // m.num_attention_heads
+    q = m.num_attention_heads * head_dim
+    kv = 2 * m.num_query_groups * head_dim
+    bias = (q + kv) if m.qkv_bias else 0
+    return m.hidden_size * (q + kv) + bias + q * m.hidden_size
+
+
+def expert_params(m: Any) -> int:
+    """One routed expert's SwiGLU."""
+    return 3 * m.hidden_size * m.moe_ffn_hidden_size
+
+
+def mlp_params(m: Any, active: bool = False) -> int:
+    if m.num_experts is None:
+        return 3 * m.hidden_size * m.ffn_hidden_size
+    experts = m.moe_router_topk if active else m.num_experts
+    shared = 0
+    if m.moe_shared_expert_ffn_hidden_size:
+        shared = 3 * m.hidden_size * m.moe_shared_expert_ffn_hidden_size + m.hidden_size  # + sigmoid gate
+    router = m.num_experts * m.hidden_size
+    return router + experts * expert_params(m) + shared
+
+
+def param_counts(m: Any) -> ParamCounts:
+    norms = 2 * m.hidden_size
+    layer = attention_params(m) + norms
+    embedding = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
+    final_norm = m.hidden_size
+    total = embedding + m.num_layers * (layer + mlp_params(m)) + final_norm
+    active = embedding + m.num_layers * (layer + mlp_params(m, active=True)) + final_norm
+    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding, active=active)

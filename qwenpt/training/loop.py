@@ -1,0 +1,274 @@
+"""The pretraining loop: megatron-core schedules, DDP, optimizer, eval, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from qwenpt import checkpoint, distributed
+from qwenpt.config import ConfigError, to_container, validate
+from qwenpt.data import build_datasets, dataset_config, load_tokenizer, make_loader, resolve_blend
+from qwenpt.flops import peak_tflops, training_flops_per_token
+from qwenpt.metrics import MetricsLogger
+from qwenpt.models import build_model, param_counts, use_transformer_engine
+from qwenpt.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("qwenpt")
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+    )
+    model = [
+        DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    for chunk in model:
+        chunk.broadcast_params()  # identical start on every data-parallel replica
+    return model
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of token losses and the token count: megatron-core divides by the global count."""
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.float().view(-1)
+    loss = torch.sum(losses * mask)
+    tokens = mask.sum().to(torch.int)
+    return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+
+
+def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module):
+    inner = getattr(model, "module", model)
+    if data_iterator is None:  # a middle pipeline stage: activations come from the previous stage
+        return model(None, None, None), partial(loss_func, None)
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
+    labels = batch["labels"] if inner.post_process else None
+    output = model(batch["tokens"], batch["position_ids"], None, labels=labels)
+    return output, partial(loss_func, batch["loss_mask"])
+
+
+def _reduce_loss(loss_dicts: list[dict], device: torch.device) -> tuple[float, int]:
+    """Global mean token loss of a step, known on every rank (it is computed on the last stage)."""
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for d in loss_dicts:
+        total += d["lm loss"].to(total)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+    return (total[0] / total[1].clamp(min=1)).item(), int(total[1].item())
+
+
+def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int) -> list:
+    """One loader per model chunk that reads data (first or last stage); None for the others."""
+    its = []
+    for chunk in model:
+        inner = chunk.module
+        its.append(make_loader(dataset, consumed, mbs, workers) if inner.pre_process or inner.post_process else None)
+    return its
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig) -> None:
+        world = distributed.world_size_from_env()
+        validate(cfg, world)
+        self.cfg = cfg
+        self.rt = distributed.initialize(cfg.parallel, cfg.train.seed)
+        t, d = cfg.train, cfg.data
+        self.dtype = resolve_dtype(t.precision)
+        self.run_dir = Path(t.run_dir)
+        self.ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
+
+        self.tokenizer = load_tokenizer(d)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"{self.tokenizer.vocab_size} ({self.tokenizer.path})"
+            )
+        self.dp = parallel_state.get_data_parallel_world_size()
+        self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
+        self.blend = resolve_blend(d, self.tokenizer)
+        ds_config = dataset_config(d, self.tokenizer, self.blend, t.seed)
+        self.train_ds, self.valid_ds, _ = build_datasets(
+            ds_config, [t.steps * t.global_batch_size, t.eval_steps * t.global_batch_size, 0]
+        )
+
+        chunks = build_model(cfg.model, cfg.parallel, self.dtype)
+        self.model = wrap_ddp(chunks, cfg.parallel)
+        self.optimizer = build_optimizer(cfg.optim, cfg.parallel, self.model, self.dtype)
+        self.scheduler = build_scheduler(cfg.optim, t.steps, self.optimizer)
+        mcfg = chunks[0].config
+        mcfg.no_sync_func = [c.no_sync for c in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        mcfg.grad_scale_func = self.optimizer.scale_loss
+        mcfg.finalize_model_grads_func = finalize_model_grads
+        self.forward_backward = get_forward_backward_func()
+
+        self.step, self.consumed = 0, 0
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if cfg.checkpoint.resume else None
+        if latest is not None:
+            progress = checkpoint.load(latest, self.model, self.optimizer, self.scheduler)
+            self.step, self.consumed = progress["step"], progress["consumed_samples"]
+            log.info("resumed from %s at step %d (%d samples consumed)", latest, self.step, self.consumed)
+
+        counts = param_counts(cfg.model)
+        self.flops_per_token = training_flops_per_token(cfg.model, d.seq_length)
+        self.peak = peak_tflops(t.peak_tflops)
+        self.metrics = MetricsLogger(
+            self.run_dir, cfg.logging.wandb, to_container(cfg), enabled=self.rt.is_main, resume_step=self.step
+        )
+        if self.rt.is_main:
+            log.info(
+                "model %s: %.3fM parameters (%.3fM non-embedding, %.3fM active), %s, %s attention, dtype %s",
+                cfg.model.name, counts.total / 1e6, counts.non_embedding / 1e6, counts.active / 1e6,
+                "CPU (gloo)" if self.rt.cpu else "GPU",
+                "Transformer Engine" if use_transformer_engine() else "SDPA", str(self.dtype).removeprefix("torch."),
+            )
+            log.info(
+                "world %d = tp %d x pp %d x cp %d x dp %d; global batch %d = micro %d x %d micro-batches x dp %d; "
+                "%d tokens/step; data: %d sources, %d train / %d valid samples of %d tokens",
+                self.rt.world_size, cfg.parallel.tensor_model_parallel_size,
+                cfg.parallel.pipeline_model_parallel_size, cfg.parallel.context_parallel_size, self.dp,
+                t.global_batch_size, t.micro_batch_size, self.num_micro, self.dp,
+                t.global_batch_size * d.seq_length, len(self.blend.prefixes), len(self.train_ds),
+                len(self.valid_ds), d.seq_length,
+            )
+
+    def train_step(self, iterators: list) -> tuple[float, int, float]:
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self.forward_backward(
+            forward_step_func=partial(forward_step, self.rt.device),
+            data_iterator=iterators if len(iterators) > 1 else iterators[0],
+            model=self.model if len(self.model) > 1 else self.model[0],
+            num_microbatches=self.num_micro,
+            seq_length=self.cfg.data.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            forward_only=False,
+        )
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            raise FloatingPointError(f"optimizer step {self.step + 1} failed (non-finite gradients)")
+        self.scheduler.step(increment=1)
+        loss, tokens = _reduce_loss(losses, self.rt.device)
+        return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        for chunk in self.model:
+            chunk.eval()
+        its = _iterators(self.model, self.valid_ds, 0, self.cfg.train.micro_batch_size, 0)
+        total = []
+        for _ in range(self.cfg.train.eval_steps):
+            total += self.forward_backward(
+                forward_step_func=partial(forward_step, self.rt.device),
+                data_iterator=its if len(its) > 1 else its[0],
+                model=self.model if len(self.model) > 1 else self.model[0],
+                num_microbatches=self.num_micro,
+                seq_length=self.cfg.data.seq_length,
+                micro_batch_size=self.cfg.train.micro_batch_size,
+                forward_only=True,
+            )
+        for chunk in self.model:
+            chunk.train()
+        return _reduce_loss(total, self.rt.device)[0]
+
+    def save(self) -> None:
+        path = checkpoint.save(
+            self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
+            progress={"consumed_samples": self.consumed},
+            run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
+            keep_last=self.cfg.checkpoint.keep_last,
+        )
+        if self.rt.is_main:
+            log.info("saved checkpoint %s", path)
+
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        if self.step >= t.steps:
+            log.info("already at step %d of %d: training is complete", self.step, t.steps)
+            return {"step": self.step}
+        tokens_per_step = t.global_batch_size * cfg.data.seq_length
+        iterators = _iterators(self.model, self.train_ds, self.consumed, t.micro_batch_size, cfg.data.num_workers)
+        bar = tqdm(
+            total=t.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            disable=not (self.rt.is_main and cfg.logging.progress),
+        )
+        if self.step == 0:
+            self._log_eval()
+        window_loss, window_time, window_steps = 0.0, 0.0, 0
+        last = {}
+        while self.step < t.steps:
+            start = time.perf_counter()
+            loss, tokens, grad_norm = self.train_step(iterators)
+            elapsed = time.perf_counter() - start
+            self.step += 1
+            self.consumed += t.global_batch_size
+            window_loss, window_time, window_steps = window_loss + loss, window_time + elapsed, window_steps + 1
+            tps = tokens_per_step / elapsed
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+            tflops = self.flops_per_token * tps / self.rt.world_size / 1e12
+            last = {
+                "kind": "train", "step": self.step, "loss": loss, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
+                "grad_norm": grad_norm, "tokens": self.consumed * cfg.data.seq_length, "step_time_s": elapsed,
+                "tokens_per_s": tps, "tflops_per_device": tflops,
+                "mfu": tflops / self.peak if self.peak else None,
+            }
+            self.metrics.log(last)
+            if self.step % cfg.logging.log_interval == 0 and self.rt.is_main:
+                mean_tps = tokens_per_step * window_steps / window_time
+                mean_tflops = self.flops_per_token * mean_tps / self.rt.world_size / 1e12
+                bar.write(
+                    f"step {self.step:>6}/{t.steps} | loss {window_loss / window_steps:.4f} | lr {last['lr']:.3e} | "
+                    f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
+                    + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
+                )
+                window_loss, window_time, window_steps = 0.0, 0.0, 0
+            if self.step % t.eval_interval == 0 or self.step == t.steps:
+                self._log_eval(bar)
+            if self.step % cfg.checkpoint.save_interval == 0 or self.step == t.steps:
+                self.save()
+        bar.close()
+        return last
+
+    def _log_eval(self, bar: Optional[tqdm] = None) -> None:
+        loss = self.evaluate()
+        self.metrics.log({"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length})
+        if self.rt.is_main:
+            (bar.write if bar else print)(f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}")
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train as configured; returns the last step's train metrics."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
