@@ -23,12 +23,14 @@ from qwenpt.models.size import attention_params, mlp_params
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 
 
-def forward_flops_per_token(m: Any, seq_length: int) -> float:
+def forward_flops_per_token(m: Any, seq_length: int, causal: bool = True) -> float:
+    """Forward FLOPs per token; ``causal=False`` counts the full s x s score matrix (as kernels
+    without causal skipping, and torch's FlopCounterMode, do)."""
     head_dim = m.hidden_size // m.num_attention_heads
     q = m.num_attention_heads * head_dim
     bias = (q + 2 * m.num_query_groups * head_dim) if m.qkv_bias else 0
     projections = 2 * (attention_params(m) - bias)
-    scores = 2 * 2 * q * (seq_length + 1) / 2
+    scores = 2 * 2 * q * ((seq_length + 1) / 2 if causal else seq_length)
     mlp = 2 * (mlp_params(m, active=True))  # router, active experts, shared expert and its gate
     lm_head = 2 * m.hidden_size * m.vocab_size
     return m.num_layers * (projections + scores + mlp) + lm_head

@@ -1,0 +1,157 @@
+"""Hugging Face Qwen2 / Qwen2-MoE layout ⇄ megatron-core GPTModel names, for whole (unsharded) tensors.
+
+Covers Qwen1.5, Qwen2 and Qwen2.5 dense (``Qwen2ForCausalLM``) and Qwen1.5-MoE / Qwen2-MoE
+(``Qwen2MoeForCausalLM``). megatron-core fuses Q, K and V into one ``linear_qkv`` laid out
+per query group — [q heads of the group, k, v] — and gate/up into one ``linear_fc1`` [gate; up].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def hf_config(m: Any) -> dict:
+    """config.json fields of the Hugging Face model equivalent to model config ``m``."""
+    cfg = {
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups,
+        "vocab_size": m.vocab_size,
+        "max_position_embeddings": m.max_position_embeddings,
+        "rope_theta": float(m.rope_theta),
+        "rms_norm_eps": m.norm_eps,
+        "tie_word_embeddings": m.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+    }
+    if m.num_experts is None:
+        cfg.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    else:
+        cfg.update(
+            model_type="qwen2_moe",
+            architectures=["Qwen2MoeForCausalLM"],
+            num_experts=m.num_experts,
+            num_experts_per_tok=m.moe_router_topk,
+            moe_intermediate_size=m.moe_ffn_hidden_size,
+            shared_expert_intermediate_size=m.moe_shared_expert_ffn_hidden_size or 0,
+            norm_topk_prob=m.moe_norm_topk_prob,
+            router_aux_loss_coef=m.moe_aux_loss_coeff,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    return cfg
+
+
+def _qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: Any) -> torch.Tensor:
+    groups = m.num_query_groups
+    d = m.hidden_size // m.num_attention_heads
+    per_group = m.num_attention_heads // groups
+    rest = q.shape[1:]
+    fused = torch.cat(
+        [q.reshape(groups, per_group * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest)], dim=1
+    )
+    return fused.reshape(-1, *rest)
+
+
+def _split_qkv(qkv: torch.Tensor, m: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    groups = m.num_query_groups
+    d = m.hidden_size // m.num_attention_heads
+    per_group = m.num_attention_heads // groups
+    rest = qkv.shape[1:]
+    q, k, v = qkv.reshape(groups, (per_group + 2) * d, *rest).split([per_group * d, d, d], dim=1)
+    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
+
+
+def _swiglu_pairs(m: Any, i: int) -> list[tuple[str, str]]:
+    """(megatron prefix, HF prefix) of every SwiGLU block in layer i."""
+    meg, hf = f"decoder.layers.{i}.mlp", f"model.layers.{i}.mlp"
+    if m.num_experts is None:
+        return [(meg, hf)]
+    pairs = [(f"{meg}.experts.local_experts.{e}", f"{hf}.experts.{e}") for e in range(m.num_experts)]
+    if m.moe_shared_expert_ffn_hidden_size:
+        pairs.append((f"{meg}.shared_experts", f"{hf}.shared_expert"))
+    return pairs
+
+
+def unfuse_experts(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-expert keys (the Hub checkpoint form) from transformers 5's in-memory fused experts
+    (``experts.gate_up_proj`` [E, 2I, H], gate first; ``experts.down_proj`` [E, H, I])."""
+    out = {}
+    for key, t in hf.items():
+        if key.endswith(".experts.gate_up_proj"):
+            base = key.removesuffix(".gate_up_proj")
+            for e, w in enumerate(t):
+                out[f"{base}.{e}.gate_proj.weight"], out[f"{base}.{e}.up_proj.weight"] = w.chunk(2)
+        elif key.endswith(".experts.down_proj"):
+            base = key.removesuffix(".down_proj")
+            for e, w in enumerate(t):
+                out[f"{base}.{e}.down_proj.weight"] = w
+        else:
+            out[key] = t
+    return out
+
+
+def hf_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+    """Full megatron-core state dict (TP=PP=EP=1 names) from a Hugging Face state dict
+    (Hub per-expert keys, or transformers 5's fused experts)."""
+    hf = unfuse_experts(hf)
+    out = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"]}
+    for i in range(m.num_layers):
+        a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
+        out[f"decoder.layers.{i}.input_layernorm.weight"] = hf[f"model.layers.{i}.input_layernorm.weight"]
+        out[f"{a}.linear_qkv.weight"] = _qkv(hf[f"{h}.q_proj.weight"], hf[f"{h}.k_proj.weight"], hf[f"{h}.v_proj.weight"], m)
+        if m.qkv_bias:
+            out[f"{a}.linear_qkv.bias"] = _qkv(hf[f"{h}.q_proj.bias"], hf[f"{h}.k_proj.bias"], hf[f"{h}.v_proj.bias"], m)
+        out[f"{a}.linear_proj.weight"] = hf[f"{h}.o_proj.weight"]
+        out[f"decoder.layers.{i}.pre_mlp_layernorm.weight"] = hf[f"model.layers.{i}.post_attention_layernorm.weight"]
+        for meg, src in _swiglu_pairs(m, i):
+            out[f"{meg}.linear_fc1.weight"] = torch.cat([hf[f"{src}.gate_proj.weight"], hf[f"{src}.up_proj.weight"]])
+            out[f"{meg}.linear_fc2.weight"] = hf[f"{src}.down_proj.weight"]
+        if m.num_experts is not None:
+            out[f"decoder.layers.{i}.mlp.router.weight"] = hf[f"model.layers.{i}.mlp.gate.weight"]
+            if m.moe_shared_expert_ffn_hidden_size:
+                out[f"decoder.layers.{i}.mlp.shared_experts.gate_weight"] = hf[f"model.layers.{i}.mlp.shared_expert_gate.weight"]
+    out["decoder.final_layernorm.weight"] = hf["model.norm.weight"]
+    if not m.tie_embeddings:
+        out["output_layer.weight"] = hf["lm_head.weight"]
+    return out
+
+
+def megatron_to_hf(meg: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`hf_to_megatron`."""
+    out = {"model.embed_tokens.weight": meg["embedding.word_embeddings.weight"]}
+    for i in range(m.num_layers):
+        a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
+        out[f"model.layers.{i}.input_layernorm.weight"] = meg[f"decoder.layers.{i}.input_layernorm.weight"]
+        for proj, t in zip(("q", "k", "v"), _split_qkv(meg[f"{a}.linear_qkv.weight"], m)):
+            out[f"{h}.{proj}_proj.weight"] = t
+        if m.qkv_bias:
+            for proj, t in zip(("q", "k", "v"), _split_qkv(meg[f"{a}.linear_qkv.bias"], m)):
+                out[f"{h}.{proj}_proj.bias"] = t
+        out[f"{h}.o_proj.weight"] = meg[f"{a}.linear_proj.weight"]
+        out[f"model.layers.{i}.post_attention_layernorm.weight"] = meg[f"decoder.layers.{i}.pre_mlp_layernorm.weight"]
+        for src, dst in _swiglu_pairs(m, i):
+            gate, up = meg[f"{src}.linear_fc1.weight"].chunk(2)
+            out[f"{dst}.gate_proj.weight"], out[f"{dst}.up_proj.weight"] = gate, up
+            out[f"{dst}.down_proj.weight"] = meg[f"{src}.linear_fc2.weight"]
+        if m.num_experts is not None:
+            out[f"model.layers.{i}.mlp.gate.weight"] = meg[f"decoder.layers.{i}.mlp.router.weight"]
+            if m.moe_shared_expert_ffn_hidden_size:
+                out[f"model.layers.{i}.mlp.shared_expert_gate.weight"] = meg[f"decoder.layers.{i}.mlp.shared_experts.gate_weight"]
+    out["model.norm.weight"] = meg["decoder.final_layernorm.weight"]
+    if not m.tie_embeddings:
+        out["lm_head.weight"] = meg["output_layer.weight"]
+    return out
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict into an unsharded megatron model; every parameter must be covered."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"state dict does not match the model: missing {missing}, unexpected {result.unexpected_keys}")

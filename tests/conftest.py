@@ -1,0 +1,61 @@
+"""Shared fixtures: a single-process megatron-core world, model configs, tiny HF models, and runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qwenpt.config import ModelConfig, ParallelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    data = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    data.update(overrides)
+    return ModelConfig(**data)
+
+
+@pytest.fixture(scope="session")
+def megatron_world():
+    """megatron-core initialised for one process (TP=PP=EP=1) on the CPU layer."""
+    from qwenpt import distributed
+
+    return distributed.initialize(ParallelConfig(), seed=1234)
+
+
+def hf_model(m: ModelConfig, seed: int = 0):
+    """A random transformers model with the architecture of model config ``m`` (fp32, eval)."""
+    import transformers
+
+    from qwenpt.convert.qwen2 import hf_config
+
+    fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}
+    moe = m.num_experts is not None
+    config = (transformers.Qwen2MoeConfig if moe else transformers.Qwen2Config)(**fields)
+    torch.manual_seed(seed)
+    model = (transformers.Qwen2MoeForCausalLM if moe else transformers.Qwen2ForCausalLM)(config).eval()
+    with torch.no_grad():  # random norms and biases, so parity exercises them too
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+    return model
+
+
+def run_train(run_dir: Path, *overrides: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python train.py`` as a user runs it, in its own process, into ``run_dir``."""
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
+        "logging.wandb.mode=disabled", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides,
+    ]
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)

@@ -1,0 +1,63 @@
+"""Bad configs fail up front, before any process group, model or dataset exists, naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_train
+from qwenpt.config import ConfigError, register, validate
+
+register()
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_is_valid():
+    cfg = compose_cfg()
+    validate(cfg)
+    assert cfg.model.name == "tiny" and cfg.train.run_dir == "runs/tiny"
+
+
+@pytest.mark.parametrize(
+    "overrides,world,message",
+    [
+        (["model=qwen2_7b", "parallel.tensor_model_parallel_size=8"], 8,
+         "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8"),
+        (["model=qwen2_72b", "parallel.pipeline_model_parallel_size=3"], 3,
+         "model.num_layers 80 is not divisible into 3 pipeline stages"),
+        (["model=qwen2_57b_a14b", "parallel.expert_model_parallel_size=5"], 5,
+         "model.num_experts 64 is not divisible by parallel.expert_model_parallel_size 5"),
+        (["train.global_batch_size=10", "train.micro_batch_size=4"], 1,
+         "train.global_batch_size 10 is not divisible by train.micro_batch_size 4 x data-parallel size 1"),
+        (["data.seq_length=4096"], 1, "data.seq_length 4096 exceeds model.max_position_embeddings 2048"),
+        (["parallel.tensor_model_parallel_size=2"], 3, "world size 3 is not divisible by tensor x pipeline"),
+        (["+data.blend=[{prefix: /nonexistent/en_text_document, weight: 1.0}]"], 1,
+         "data.blend[0].prefix: /nonexistent/en_text_document.bin does not exist"),
+        (["data.tokenizer=/nonexistent/tok"], 1, "data.tokenizer: /nonexistent/tok is neither a tokenizer.json"),
+    ],
+)
+def test_validation_names_the_field(overrides, world, message):
+    cfg = compose_cfg(*[o.replace("+data.blend", "data.blend") for o in overrides])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, world_size=world)
+    assert message in str(err.value)
+
+
+def test_train_py_rejects_bad_layout_before_allocating(tmp_path):
+    """A 7B model at TP=8 in a world of 8 would take minutes and GBs to build; validation answers at once."""
+    proc = run_train(tmp_path / "run", "model=qwen2_7b", "parallel.tensor_model_parallel_size=8", env={"WORLD_SIZE": "8"})
+    assert proc.returncode != 0
+    assert "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "cache").exists()  # no data was prepared either
+
+
+def test_train_py_unknown_model_lists_choices(tmp_path):
+    proc = run_train(tmp_path / "run", "model=qwen9_7b")
+    assert proc.returncode != 0
+    assert "Could not find 'model/qwen9_7b'" in proc.stderr
+    assert "qwen2_7b" in proc.stderr  # Hydra lists the available model configs

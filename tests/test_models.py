@@ -1,0 +1,97 @@
+"""Every public Qwen config builds with the published size; logits match transformers exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import ROOT, hf_model, model_config
+from qwenpt.config import ParallelConfig
+from qwenpt.convert.qwen2 import hf_to_megatron, load_into, megatron_to_hf
+from qwenpt.flops import forward_flops_per_token
+from qwenpt.models import build_model, param_counts
+
+# Published totals in billions (Hugging Face model cards, or the safetensors parameter count where
+# the card rounds more coarsely than 0.5%: Qwen2/2.5-0.5B 494M, Qwen2.5-14B 14.77B, -32B 32.76B),
+# and activated parameters for the MoE models.
+PUBLISHED = {
+    "qwen_1.8b": 1.84, "qwen_7b": 7.72, "qwen_14b": 14.17, "qwen_72b": 72.29,
+    "qwen1.5_0.5b": 0.62, "qwen1.5_1.8b": 1.84, "qwen1.5_4b": 3.95, "qwen1.5_7b": 7.72,
+    "qwen1.5_14b": 14.17, "qwen1.5_32b": 32.51, "qwen1.5_72b": 72.29, "qwen1.5_110b": 111.21,
+    "qwen1.5_moe_a2.7b": 14.32,
+    "qwen2_0.5b": 0.494, "qwen2_1.5b": 1.54, "qwen2_7b": 7.62, "qwen2_72b": 72.71, "qwen2_57b_a14b": 57.41,
+    "qwen2.5_0.5b": 0.494, "qwen2.5_1.5b": 1.54, "qwen2.5_3b": 3.09, "qwen2.5_7b": 7.61,
+    "qwen2.5_14b": 14.77, "qwen2.5_32b": 32.76, "qwen2.5_72b": 72.7,
+}
+PUBLISHED_ACTIVE = {"qwen1.5_moe_a2.7b": 2.7, "qwen2_57b_a14b": 14.2}
+
+
+def test_every_public_config_is_listed():
+    names = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} - {"tiny", "tiny_moe"}
+    assert names == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_public_config_size_on_meta_device(name, megatron_world):
+    m = model_config(name)
+    with torch.device("meta"):
+        model = build_model(m, ParallelConfig(), perform_initialization=False)[0]
+    built = sum(p.numel() for p in model.parameters())
+    counts = param_counts(m)
+    assert built == counts.total
+    assert counts.total / 1e9 == pytest.approx(PUBLISHED[name], rel=5e-3)
+    if name in PUBLISHED_ACTIVE:
+        assert counts.active / 1e9 == pytest.approx(PUBLISHED_ACTIVE[name], rel=5e-3)
+    else:
+        assert counts.active == counts.total
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [("tiny", {}), ("tiny", {"tie_embeddings": False, "num_query_groups": 4}), ("tiny_moe", {})],
+    ids=["dense-gqa-tied", "dense-mha-untied", "moe-shared-expert"],
+)
+def test_logits_match_transformers(name, overrides, megatron_world):
+    m = model_config(name, **overrides)
+    reference = hf_model(m)
+    model = build_model(m, ParallelConfig())[0].eval()
+    load_into(model, hf_to_megatron(reference.state_dict(), m))
+    tokens = torch.randint(0, m.vocab_size, (2, 96), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(tokens).logits
+        got = model(tokens, torch.arange(96).expand(2, -1), None)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_moe"])
+def test_mapping_round_trip_is_exact(name):
+    m = model_config(name)
+    state = hf_model(m).state_dict()
+    from qwenpt.convert.qwen2 import unfuse_experts
+
+    state = unfuse_experts(state)
+    back = megatron_to_hf(hf_to_megatron(state, m), m)
+    expected = {k for k in state if not (m.tie_embeddings and k == "lm_head.weight")}
+    assert set(back) == expected
+    assert all(torch.equal(back[k], state[k]) for k in back)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_moe"])
+def test_flops_formula_matches_counted_matmuls(name, megatron_world):
+    """The documented formula equals torch's count of every matmul in the real forward pass."""
+    m = model_config(name)
+    model = build_model(m, ParallelConfig())[0].eval()
+    batch, seq = 2, 64
+    tokens = torch.randint(0, m.vocab_size, (batch, seq))
+    # the math backend decomposes attention into matmuls the counter sees (the fused CPU kernel it does not)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(tokens, torch.arange(seq).expand(batch, -1), None)
+    expected = forward_flops_per_token(m, seq, causal=False) * batch * seq
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
+    # causal counting removes exactly the masked half of the score matrix (plus the diagonal)
+    q = m.hidden_size
+    saved = m.num_layers * 4 * q * (seq - (seq + 1) / 2)
+    assert forward_flops_per_token(m, seq) == pytest.approx(forward_flops_per_token(m, seq, causal=False) - saved)
