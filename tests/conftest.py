@@ -52,10 +52,13 @@ def hf_model(m: ModelConfig, seed: int = 0):
 
 
 def run_train(run_dir: Path, *overrides: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python train.py`` as a user runs it, in its own process, into ``run_dir``."""
+    """``python train.py`` as a user runs it, in its own process, into ``run_dir``; stderr is merged
+    into ``.stdout`` (Hydra logs to stdout, tracebacks go to stderr)."""
     cmd = [
         sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
         "logging.wandb.mode=disabled", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides,
     ]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)
+    return subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=ROOT, env=full_env
+    )

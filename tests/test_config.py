@@ -51,7 +51,7 @@ def test_train_py_rejects_bad_layout_before_allocating(tmp_path):
     """A 7B model at TP=8 in a world of 8 would take minutes and GBs to build; validation answers at once."""
     proc = run_train(tmp_path / "run", "model=qwen2_7b", "parallel.tensor_model_parallel_size=8", env={"WORLD_SIZE": "8"})
     assert proc.returncode != 0
-    assert "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8" in proc.stderr
+    assert "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8" in proc.stdout
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "cache").exists()  # no data was prepared either
 
@@ -59,5 +59,5 @@ def test_train_py_rejects_bad_layout_before_allocating(tmp_path):
 def test_train_py_unknown_model_lists_choices(tmp_path):
     proc = run_train(tmp_path / "run", "model=qwen9_7b")
     assert proc.returncode != 0
-    assert "Could not find 'model/qwen9_7b'" in proc.stderr
-    assert "qwen2_7b" in proc.stderr  # Hydra lists the available model configs
+    assert "Could not find 'model/qwen9_7b'" in proc.stdout
+    assert "qwen2_7b" in proc.stdout  # Hydra lists the available model configs

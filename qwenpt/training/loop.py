@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -95,8 +94,12 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         world = distributed.world_size_from_env()
         validate(cfg, world)
+        # megatron-core logs each dataset build and DDP bucket at INFO; qwenpt logs a summary instead
+        logging.getLogger("megatron.core").setLevel(logging.WARNING)
         self.cfg = cfg
         self.rt = distributed.initialize(cfg.parallel, cfg.train.seed)
+        if not self.rt.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
         t, d = cfg.train, cfg.data
         self.dtype = resolve_dtype(t.precision)
         self.run_dir = Path(t.run_dir)
