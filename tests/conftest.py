@@ -56,8 +56,10 @@ def run_train(run_dir: Path, *overrides: str, timeout: int = 600, env: dict | No
     into ``.stdout`` (Hydra logs to stdout, tracebacks go to stderr)."""
     cmd = [
         sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
-        "logging.wandb.mode=disabled", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides,
+        f"data.cache_dir={run_dir.parent / 'cache'}", *overrides,
     ]
+    if not any(o.startswith("logging.wandb.mode=") for o in overrides):
+        cmd.append("logging.wandb.mode=disabled")
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=ROOT, env=full_env

@@ -12,11 +12,11 @@ import pytest
 from conftest import ROOT, run_train
 from qwenpt.metrics import read_metrics
 
-SHORT = ["train.steps=60", "optim.lr=2e-3", "optim.warmup_steps=10", "train.eval_interval=30", "checkpoint.save_interval=60"]
+SHORT = ["train.steps=60", "optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=10", "train.eval_interval=30", "checkpoint.save_interval=60"]
 
 
 def test_tiny_validation_loss_falls(tmp_path):
-    proc = run_train(tmp_path / "run", *SHORT)
+    proc = run_train(tmp_path / "run", *SHORT, "logging.wandb.mode=offline")
     assert proc.returncode == 0, proc.stdout[-3000:]
     valid = read_metrics(tmp_path / "run", "valid")
     assert [r["step"] for r in valid] == [0, 30, 60]
@@ -26,6 +26,10 @@ def test_tiny_validation_loss_falls(tmp_path):
     train = read_metrics(tmp_path / "run", "train")
     assert len(train) == 60 and all(r["tokens_per_s"] > 0 and r["tflops_per_device"] > 0 for r in train)
     assert train[-1]["tokens"] == 60 * 16 * 256
+    assert train[0]["lr"] == pytest.approx(2e-4) and train[9]["lr"] == pytest.approx(2e-3)  # warmup to the peak
+    assert train[-1]["lr"] == pytest.approx(2e-4)  # cosine down to optim.min_lr (default 2e-4)
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0  # wandb wrote its offline run
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000060"
 
 

@@ -78,6 +78,27 @@ def _swiglu_pairs(m: Any, i: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def _renames(m: Any) -> list[tuple[str, str]]:
+    """(megatron name, HF name) of every tensor copied unchanged."""
+    pairs = [("embedding.word_embeddings.weight", "model.embed_tokens.weight")]
+    for i in range(m.num_layers):
+        meg, hf = f"decoder.layers.{i}", f"model.layers.{i}"
+        pairs += [
+            (f"{meg}.input_layernorm.weight", f"{hf}.input_layernorm.weight"),
+            (f"{meg}.self_attention.linear_proj.weight", f"{hf}.self_attn.o_proj.weight"),
+            (f"{meg}.pre_mlp_layernorm.weight", f"{hf}.post_attention_layernorm.weight"),
+        ]
+        pairs += [(f"{a}.linear_fc2.weight", f"{b}.down_proj.weight") for a, b in _swiglu_pairs(m, i)]
+        if m.num_experts is not None:
+            pairs.append((f"{meg}.mlp.router.weight", f"{hf}.mlp.gate.weight"))
+            if m.moe_shared_expert_ffn_hidden_size:
+                pairs.append((f"{meg}.mlp.shared_experts.gate_weight", f"{hf}.mlp.shared_expert_gate.weight"))
+    pairs.append(("decoder.final_layernorm.weight", "model.norm.weight"))
+    if not m.tie_embeddings:
+        pairs.append(("output_layer.weight", "lm_head.weight"))
+    return pairs
+
+
 def unfuse_experts(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-expert keys (the Hub checkpoint form) from transformers 5's in-memory fused experts
     (``experts.gate_up_proj`` [E, 2I, H], gate first; ``experts.down_proj`` [E, H, I])."""
@@ -100,52 +121,28 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tenso
     """Full megatron-core state dict (TP=PP=EP=1 names) from a Hugging Face state dict
     (Hub per-expert keys, or transformers 5's fused experts)."""
     hf = unfuse_experts(hf)
-    out = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"]}
+    out = {meg: hf[name] for meg, name in _renames(m)}
     for i in range(m.num_layers):
         a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
-        out[f"decoder.layers.{i}.input_layernorm.weight"] = hf[f"model.layers.{i}.input_layernorm.weight"]
-        out[f"{a}.linear_qkv.weight"] = _qkv(hf[f"{h}.q_proj.weight"], hf[f"{h}.k_proj.weight"], hf[f"{h}.v_proj.weight"], m)
+        out[f"{a}.linear_qkv.weight"] = _qkv(*(hf[f"{h}.{p}_proj.weight"] for p in "qkv"), m)
         if m.qkv_bias:
-            out[f"{a}.linear_qkv.bias"] = _qkv(hf[f"{h}.q_proj.bias"], hf[f"{h}.k_proj.bias"], hf[f"{h}.v_proj.bias"], m)
-        out[f"{a}.linear_proj.weight"] = hf[f"{h}.o_proj.weight"]
-        out[f"decoder.layers.{i}.pre_mlp_layernorm.weight"] = hf[f"model.layers.{i}.post_attention_layernorm.weight"]
+            out[f"{a}.linear_qkv.bias"] = _qkv(*(hf[f"{h}.{p}_proj.bias"] for p in "qkv"), m)
         for meg, src in _swiglu_pairs(m, i):
             out[f"{meg}.linear_fc1.weight"] = torch.cat([hf[f"{src}.gate_proj.weight"], hf[f"{src}.up_proj.weight"]])
-            out[f"{meg}.linear_fc2.weight"] = hf[f"{src}.down_proj.weight"]
-        if m.num_experts is not None:
-            out[f"decoder.layers.{i}.mlp.router.weight"] = hf[f"model.layers.{i}.mlp.gate.weight"]
-            if m.moe_shared_expert_ffn_hidden_size:
-                out[f"decoder.layers.{i}.mlp.shared_experts.gate_weight"] = hf[f"model.layers.{i}.mlp.shared_expert_gate.weight"]
-    out["decoder.final_layernorm.weight"] = hf["model.norm.weight"]
-    if not m.tie_embeddings:
-        out["output_layer.weight"] = hf["lm_head.weight"]
     return out
 
 
 def megatron_to_hf(meg: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`hf_to_megatron`."""
-    out = {"model.embed_tokens.weight": meg["embedding.word_embeddings.weight"]}
+    """The inverse of :func:`hf_to_megatron` (Hub per-expert keys)."""
+    out = {name: meg[src] for src, name in _renames(m)}
     for i in range(m.num_layers):
         a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
-        out[f"model.layers.{i}.input_layernorm.weight"] = meg[f"decoder.layers.{i}.input_layernorm.weight"]
-        for proj, t in zip(("q", "k", "v"), _split_qkv(meg[f"{a}.linear_qkv.weight"], m)):
-            out[f"{h}.{proj}_proj.weight"] = t
-        if m.qkv_bias:
-            for proj, t in zip(("q", "k", "v"), _split_qkv(meg[f"{a}.linear_qkv.bias"], m)):
-                out[f"{h}.{proj}_proj.bias"] = t
-        out[f"{h}.o_proj.weight"] = meg[f"{a}.linear_proj.weight"]
-        out[f"model.layers.{i}.post_attention_layernorm.weight"] = meg[f"decoder.layers.{i}.pre_mlp_layernorm.weight"]
+        kinds = ("weight", "bias") if m.qkv_bias else ("weight",)
+        for kind in kinds:
+            for p, t in zip("qkv", _split_qkv(meg[f"{a}.linear_qkv.{kind}"], m)):
+                out[f"{h}.{p}_proj.{kind}"] = t
         for src, dst in _swiglu_pairs(m, i):
-            gate, up = meg[f"{src}.linear_fc1.weight"].chunk(2)
-            out[f"{dst}.gate_proj.weight"], out[f"{dst}.up_proj.weight"] = gate, up
-            out[f"{dst}.down_proj.weight"] = meg[f"{src}.linear_fc2.weight"]
-        if m.num_experts is not None:
-            out[f"model.layers.{i}.mlp.gate.weight"] = meg[f"decoder.layers.{i}.mlp.router.weight"]
-            if m.moe_shared_expert_ffn_hidden_size:
-                out[f"model.layers.{i}.mlp.shared_expert_gate.weight"] = meg[f"decoder.layers.{i}.mlp.shared_experts.gate_weight"]
-    out["model.norm.weight"] = meg["decoder.final_layernorm.weight"]
-    if not m.tie_embeddings:
-        out["lm_head.weight"] = meg["output_layer.weight"]
+            out[f"{dst}.gate_proj.weight"], out[f"{dst}.up_proj.weight"] = meg[f"{src}.linear_fc1.weight"].chunk(2)
     return out
 
 

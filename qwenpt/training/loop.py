@@ -172,10 +172,10 @@ class Trainer:
             micro_batch_size=self.cfg.train.micro_batch_size,
             forward_only=False,
         )
+        self.scheduler.step(increment=1)  # step k applies lr(k): warmup reaches the peak at k = warmup
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise FloatingPointError(f"optimizer step {self.step + 1} failed (non-finite gradients)")
-        self.scheduler.step(increment=1)
         loss, tokens = _reduce_loss(losses, self.rt.device)
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
 
