@@ -78,13 +78,17 @@ def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     return getattr(chunk, "module", chunk)
 
 
-def _sharded_state_dict(model: list, optimizer: Any, with_rng: bool, is_loading: bool) -> dict:
+def _sharded_state_dict(
+    model: list, optimizer: Any, with_rng: bool, is_loading: bool, optim_sharding: str = "dp_reshardable"
+) -> dict:
     state: dict[str, Any] = {}
     for i, chunk in enumerate(model):
         state[f"model{i}"] = _unwrap(chunk).sharded_state_dict()
     if optimizer is not None:
         model_sd = {k: v for k, v in state.items() if k.startswith("model")}
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        # only the distributed optimizer reads this: how its DP-sharded state is laid out on disk
+        metadata = {"distrib_optim_sharding_type": optim_sharding}
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
     if with_rng:
         state["rng_state"] = _rng_state()
     return state
@@ -99,6 +103,7 @@ def save(
     progress: dict,
     run_config: Optional[str] = None,
     keep_last: int = 0,
+    optim_sharding: str = "dp_reshardable",
 ) -> Path:
     """Write a checkpoint for ``step`` and publish it atomically; returns its directory."""
     root = Path(root)
@@ -109,9 +114,9 @@ def save(
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False)
+    state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False, optim_sharding=optim_sharding)
     state["scheduler"] = scheduler.state_dict()
-    state["progress"] = dict(progress, step=step, layout=_layout())
+    state["progress"] = dict(progress, step=step, layout=_layout(), optim_sharding=optim_sharding)
     dist_checkpointing.save(state, str(tmp))
     _barrier()
     if _rank0():
@@ -154,6 +159,38 @@ def latest_checkpoint(root: str | Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def _materialize_optimizer_state(optimizer: Any) -> None:
+    """torch's AdamW (megatron-core's fallback without apex/TE) creates its state lazily, but the
+    distributed optimizer's state dict needs it to exist before loading into it: megatron-core's
+    own dummy-state initialiser provides it (a zero-gradient step at the scheduler's initial lr of 0)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(opt, "_init_optimizer_states_with_dummy_values") and not opt.optimizer.state:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _restore_adam_steps(optimizer: Any, state: dict) -> None:
+    """Put back Adam's step counters after a distributed-optimizer load.
+
+    megatron-core 0.16 with torch's AdamW (its fallback without apex/TE) and the ``dp_reshardable``
+    format restores the step from the checkpoint's param groups as one tensor shared by every
+    parameter, then copies the per-parameter state over it — including the pre-load ``step``,
+    which is not read from disk. Left so, Adam's bias correction after resume is wrong (the
+    shared counter also advances once per parameter per step). The param groups hold the step.
+    """
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = [state] if len(chained) == 1 else [state[i] for i in range(len(chained))]
+    for opt, st in zip(chained, states):
+        groups = st.get("optimizer", {}).get("param_groups") if "param_state" in st else None
+        if not groups or "step" not in groups[0]:
+            continue  # not a distributed optimizer, or one (apex/TE) that keeps its step elsewhere
+        for param_state in opt.optimizer.state.values():
+            if torch.is_tensor(param_state.get("step")):
+                # one tensor per parameter: AdamW increments each in place, and megatron's load
+                # hands every parameter the same tensor object
+                param_state["step"] = torch.tensor(float(groups[0]["step"]), dtype=param_state["step"].dtype)
+
+
+@torch.no_grad()  # state is copied in place into parameters (and, for fp32, views of them)
 def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``path``; returns its progress record."""
     path = Path(path)
@@ -165,12 +202,15 @@ def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
             "checkpoint %s was saved with (pp, tp, dp) = %s, now %s: RNG states are not restored",
             path, progress["layout"], _layout(),
         )
-    state = _sharded_state_dict(model, optimizer, with_rng=same_layout, is_loading=True)
+    _materialize_optimizer_state(optimizer)
+    sharding = progress.get("optim_sharding", "dp_reshardable")
+    state = _sharded_state_dict(model, optimizer, with_rng=same_layout, is_loading=True, optim_sharding=sharding)
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(model):
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
+        _restore_adam_steps(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(common["scheduler"])
     if same_layout:
         _restore_rng(loaded["rng_state"])

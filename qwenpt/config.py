@@ -131,6 +131,9 @@ class CheckpointConfig:
     dir: Optional[str] = None  # null: <run_dir>/checkpoints
     resume: bool = True  # continue from the latest complete checkpoint in dir
     keep_last: int = 2  # older complete checkpoints are deleted; 0 keeps all
+    # distributed optimizer state on disk: dp_reshardable (fully parallel; reload at any DP size)
+    # or fully_reshardable (gathered to canonical per-parameter form; reload at any TP/PP/DP layout)
+    optim_sharding: str = "dp_reshardable"
 
 
 @dataclass
@@ -283,6 +286,10 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
             tok.is_file() or (tok / "tokenizer.json").is_file(),
             f"data.tokenizer: {tok} is neither a tokenizer.json nor a directory holding one",
         )
+    _check(
+        cfg.checkpoint.optim_sharding in ("dp_reshardable", "fully_reshardable"),
+        f"checkpoint.optim_sharding {cfg.checkpoint.optim_sharding!r} must be dp_reshardable or fully_reshardable",
+    )
     _check(
         cfg.logging.wandb.mode in ("offline", "online", "disabled"),
         f"logging.wandb.mode {cfg.logging.wandb.mode!r} must be offline, online or disabled",

@@ -205,6 +205,7 @@ class Trainer:
             progress={"consumed_samples": self.consumed},
             run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
             keep_last=self.cfg.checkpoint.keep_last,
+            optim_sharding=self.cfg.checkpoint.optim_sharding,
         )
         if self.rt.is_main:
             log.info("saved checkpoint %s", path)
