@@ -1,18 +1,20 @@
 """Write megatron-core indexed datasets (``.bin``/``.idx``) atomically.
 
-The pair is built under temporary names and renamed into place only when complete, ``.bin``
+A dataset is built under temporary names and renamed into place only when complete, ``.bin``
 first and ``.idx`` last, so a reader that finds the ``.idx`` always finds a whole dataset and
-a crash leaves nothing under the final names.
+a crash leaves nothing under the final names. The files are megatron-core's own
+(``IndexedDatasetBuilder``), so megatron-core and Megatron-LM read them as is.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 
 def token_dtype(vocab_size: int) -> type[np.number]:
@@ -24,26 +26,73 @@ def is_complete(prefix: str | Path) -> bool:
     return Path(f"{prefix}.idx").is_file() and Path(f"{prefix}.bin").is_file()
 
 
+class AtomicIndexedWriter:
+    """One indexed dataset written under a temporary name; :meth:`commit` renames it into place,
+    :meth:`abort` removes it."""
+
+    def __init__(self, prefix: str | Path, dtype: type[np.number]) -> None:
+        self.prefix = Path(prefix)
+        self.prefix.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.prefix.with_name(f".{self.prefix.name}.tmp{os.getpid()}")
+        self.builder = IndexedDatasetBuilder(f"{self.tmp}.bin", dtype=dtype)
+        self.documents = self.tokens = 0
+
+    def add(self, ids: Sequence[int] | np.ndarray) -> None:
+        ids = np.asarray(ids)
+        self.builder.add_document(ids, [len(ids)])
+        self.documents += 1
+        self.tokens += len(ids)
+
+    def append_dataset(self, prefix: str | Path) -> None:
+        """Append a whole existing dataset: its index entries, then its ``.bin`` as one file copy.
+
+        What megatron-core's ``IndexedDatasetBuilder.add_index`` does, less its ``gc.collect()``
+        per dataset, which costs ~0.3 s each once torch is imported (3 s of a 6 s run on 10 files).
+        """
+        part = IndexedDataset(str(prefix), mmap=True)
+        offset = len(self.builder.sequence_lengths)
+        self.builder.sequence_lengths.extend(part.sequence_lengths.tolist())
+        self.builder.document_indices.extend((offset + part.document_indices[1:]).tolist())
+        self.documents += len(part.document_indices) - 1
+        self.tokens += int(part.sequence_lengths.sum())
+        del part
+        with open(f"{prefix}.bin", "rb") as f:
+            shutil.copyfileobj(f, self.builder.data_file, 1 << 22)
+
+    def commit(self) -> Path:
+        self.builder.finalize(f"{self.tmp}.idx")
+        os.replace(f"{self.tmp}.bin", f"{self.prefix}.bin")
+        os.replace(f"{self.tmp}.idx", f"{self.prefix}.idx")
+        return self.prefix
+
+    def abort(self) -> None:
+        self.builder.data_file.close()
+        for ext in (".bin", ".idx"):
+            Path(f"{self.tmp}{ext}").unlink(missing_ok=True)
+
+
 def write_indexed_dataset(
     prefix: str | Path, documents: Iterable[Sequence[int]], vocab_size: int
 ) -> tuple[int, int]:
     """Write one document per item to ``prefix.bin/.idx``; return (documents, tokens) written."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prefix.with_name(f".{prefix.name}.tmp{os.getpid()}")
-    builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=token_dtype(vocab_size))
-    n_docs = n_tokens = 0
+    writer = AtomicIndexedWriter(prefix, token_dtype(vocab_size))
     try:
         for ids in documents:
-            builder.add_document(np.asarray(ids), [len(ids)])
-            n_docs += 1
-            n_tokens += len(ids)
-        builder.finalize(f"{tmp}.idx")
+            writer.add(ids)
     except BaseException:
-        builder.data_file.close()
-        for ext in (".bin", ".idx"):
-            Path(f"{tmp}{ext}").unlink(missing_ok=True)
+        writer.abort()
         raise
-    os.replace(f"{tmp}.bin", f"{prefix}.bin")
-    os.replace(f"{tmp}.idx", f"{prefix}.idx")
-    return n_docs, n_tokens
+    writer.commit()
+    return writer.documents, writer.tokens
+
+
+def merge_indexed_datasets(prefix: str | Path, parts: Sequence[str | Path], dtype: type[np.number]) -> Path:
+    """Concatenate ``parts`` (in order) into one dataset at ``prefix``, atomically."""
+    writer = AtomicIndexedWriter(prefix, dtype)
+    try:
+        for part in parts:
+            writer.append_dataset(part)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()

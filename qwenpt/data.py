@@ -22,8 +22,8 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from data_pipeline.indexed import is_complete
-from data_pipeline.tokenize import tokenize_jsonl
+from data_pipeline.manifest import Manifest
+from data_pipeline.prepare import PrepareConfig, prepare
 from data_pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -45,27 +45,24 @@ def load_tokenizer(data: Any) -> TextTokenizer:
 
 
 def prepare_sample(cache_dir: str | Path, tokenizer: TextTokenizer) -> Blend:
-    """Tokenize the bundled sample once per tokenizer (rank 0 writes, everyone waits); natural weights."""
+    """Tokenize the bundled sample with the data pipeline, once per tokenizer (rank 0 writes, everyone
+    waits); one dataset per language, weighted by its tokens (the natural mixture)."""
     digest = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()[:12]
     out = Path(cache_dir).expanduser() / "sample" / digest
-    files = sorted(SAMPLE_DIR.glob("*.jsonl.gz"))
-    langs = [f.name.removesuffix(".jsonl.gz") for f in files]
+    config = PrepareConfig(
+        inputs=(str(SAMPLE_DIR / "*.jsonl.gz"),), output=str(out), tokenizer=str(tokenizer.path), progress=False
+    )
     if not dist.is_initialized() or dist.get_rank() == 0:
-        for lang, f in zip(langs, files):
-            prefix = out / lang
-            if not is_complete(prefix):
-                docs, tokens, stats = tokenize_jsonl([f], tokenizer, prefix)
-                log.info("tokenized bundled sample %s: %d documents, %d tokens -> %s", lang, docs, tokens, prefix)
+        manifest = prepare(config)  # a no-op once done
+        log.info("bundled sample: %d documents, %d tokens in %s", manifest.total("documents"), manifest.total("tokens"), out)
     if dist.is_initialized():
         dist.barrier()
-    prefixes = [str(out / lang) for lang in langs]
-    weights = [_token_count(p) for p in prefixes]
-    return Blend(prefixes=prefixes, weights=weights, names=langs)
-
-
-def _token_count(prefix: str) -> float:
-    dataset = IndexedDataset(prefix)  # keep it alive: sequence_lengths is a view into its mmap
-    return float(dataset.sequence_lengths.sum())
+    groups = Manifest.read(out / "manifest.parquet").groups()
+    return Blend(
+        prefixes=[str(out / g["prefix"]) for g in groups.values()],
+        weights=[float(g["tokens"]) for g in groups.values()],
+        names=list(groups),
+    )
 
 
 def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:

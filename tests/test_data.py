@@ -10,8 +10,6 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from data_pipeline.indexed import token_dtype, write_indexed_dataset
-from data_pipeline.readers import ReadStats, read_jsonl
-from data_pipeline.tokenize import tokenize_jsonl
 from data_pipeline.tokenizer import TextTokenizer
 from qwenpt.data import BUNDLED_TOKENIZER, SAMPLE_DIR, PretrainingSampler, prepare_sample
 
@@ -42,23 +40,6 @@ def test_tokenized_sample_matches_tokenizer_exactly(tmp_path, tokenizer):
     assert not list(tmp_path.rglob(".*tmp*"))
 
 
-def test_read_jsonl_counts_bad_records(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(
-        b'{"text": "good one"}\n'
-        b'{"text": \n'  # malformed JSON
-        b'{"body": "no text field"}\n'
-        b'{"text": "   "}\n'  # empty document
-        b'\xff\xfe{"text": "bad utf8"}\n'
-        b'{"text": "good two"}\n'
-    )
-    stats = ReadStats()
-    assert list(read_jsonl(path, stats=stats)) == ["good one", "good two"]
-    assert stats.documents == 2
-    assert dict(stats.rejects) == {"malformed_json": 1, "missing_text_field": 1, "empty_document": 1, "invalid_utf8": 1}
-    assert stats.samples[0] == (str(path), 2, "malformed_json")
-
-
 def test_interrupted_write_leaves_nothing_under_the_final_name(tmp_path):
     def documents():
         yield [1, 2, 3]
@@ -67,18 +48,6 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_indexed_dataset(tmp_path / "lang", documents(), vocab_size=100)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_tokenize_jsonl_roundtrip_and_dtype(tmp_path, tokenizer):
-    src = tmp_path / "docs.jsonl"
-    texts = ["Hello world", "你好，世界", "Grüße aus Köln 123"]
-    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
-    docs, tokens, stats = tokenize_jsonl([src], tokenizer, tmp_path / "out")
-    expected = [tokenizer.encode(t) + [tokenizer.eod] for t in texts]
-    assert (docs, tokens) == (3, sum(map(len, expected)))
-    ds = IndexedDataset(str(tmp_path / "out"))
-    assert [ds[i].tolist() for i in range(3)] == expected
-    assert token_dtype(151936) == np.int32 and token_dtype(65536) == np.uint16
 
 
 def test_sampler_splits_global_batches_across_data_parallel_ranks():

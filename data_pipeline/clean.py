@@ -1,0 +1,134 @@
+"""Clean and tag documents: Unicode NFC, control characters, language, exact duplicates, length.
+
+Every document dropped here is counted by reason in :class:`~data_pipeline.readers.Rejects`
+(``empty_document``, ``too_short``, ``too_long``, ``language_filtered``, ``duplicate``).
+Language comes from the record's field when it has one, else from py3langid (its model ships in the
+package: nothing is downloaded), run on the first ``detect_chars`` characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from data_pipeline.readers import Record, Rejects
+
+# C0/C1 controls except tab, newline and carriage return; plus DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+UNKNOWN_LANG = "unknown"
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    normalize: str | None = "NFC"  # a unicodedata form, or None to keep the text as is
+    strip_control: bool = True
+    detect_language: bool = True  # when the record has no language field
+    detect_chars: int = 2000
+    languages: tuple[str, ...] = ()  # keep only these (after tagging); empty: keep all
+    dedup: bool = False  # exact duplicates by content hash, across the whole run
+    min_chars: int = 1
+    max_chars: int = 0  # 0: no limit
+
+    def fingerprint(self) -> str:
+        return repr(self)
+
+
+class LanguageDetector:
+    """py3langid with its bundled model; loaded once, on first use."""
+
+    def __init__(self) -> None:
+        self._identifier = None
+
+    def __call__(self, text: str) -> str:
+        if self._identifier is None:
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+        return self._identifier.classify(text)[0]
+
+
+def content_hash(text: str) -> int:
+    """64-bit content hash for exact dedup: about n²/2⁶⁵ false duplicates expected (0.03 at a billion documents)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+Drop = tuple  # (reason, file, line, sample, lang, source): the arguments of Rejects.add
+
+
+class Cleaner:
+    """Applies :class:`CleanConfig` to records. :meth:`clean` is stateless (so it can run in worker
+    processes); :meth:`dedup` holds ``seen``, the dedup state carried across files and resumes."""
+
+    def __init__(self, config: CleanConfig, seen: set[int] | None = None) -> None:
+        self.config = config
+        self.seen: set[int] = seen if seen is not None else set()
+        self.detect = LanguageDetector()
+        self.languages = set(config.languages)
+
+    def clean(self, record: Record) -> Record | Drop:
+        """Normalise, strip, tag and filter one record; a :data:`Drop` says why it goes."""
+        c = self.config
+        text = record.text
+        if c.normalize:
+            text = unicodedata.normalize(c.normalize, text)
+        if c.strip_control:
+            text = _CONTROL.sub("", text)
+        lang = record.lang
+        if lang is None:
+            lang = self.detect(text[: c.detect_chars]) if c.detect_language and text.strip() else UNKNOWN_LANG
+        reason = None
+        if not text.strip():
+            reason = "empty_document"
+        elif len(text) < c.min_chars:
+            reason = "too_short"
+        elif c.max_chars and len(text) > c.max_chars:
+            reason = "too_long"
+        elif self.languages and lang not in self.languages:
+            reason = "language_filtered"
+        if reason:
+            return (reason, record.file, record.line, text, lang, record.source)
+        return Record(text=text, lang=lang, source=record.source, file=record.file, line=record.line)
+
+    def dedup(self, record: Record, rejects: Rejects, new_hashes: list[int] | None = None) -> Record | None:
+        """The record, or None (counted) when its exact text was seen before in this run."""
+        if not self.config.dedup:
+            return record
+        h = content_hash(record.text)
+        if h in self.seen:
+            rejects.add("duplicate", record.file, record.line, record.text, record.lang or "", record.source)
+            return None
+        self.seen.add(h)
+        if new_hashes is not None:
+            new_hashes.append(h)
+        return record
+
+    def __call__(self, record: Record, rejects: Rejects, new_hashes: list[int] | None = None) -> Record | None:
+        cleaned = self.clean(record)
+        if isinstance(cleaned, tuple):
+            rejects.add(*cleaned)
+            return None
+        return self.dedup(cleaned, rejects, new_hashes)
+
+
+_worker_cleaner: Cleaner | None = None
+
+
+def init_worker(config: CleanConfig) -> None:
+    """Pool initializer: one stateless cleaner per worker process."""
+    global _worker_cleaner
+    _worker_cleaner = Cleaner(config)
+
+
+def clean_chunk(records: list[Record]) -> list[Record | Drop]:
+    """Worker-process entry: :meth:`Cleaner.clean` over a chunk, in order."""
+    assert _worker_cleaner is not None, "init_worker was not run"
+    return [_worker_cleaner.clean(r) for r in records]
+
+
+def hashes_to_array(hashes: Iterable[int]) -> np.ndarray:
+    return np.fromiter(hashes, dtype=np.uint64)

@@ -1,0 +1,377 @@
+"""Raw text → cleaned, tagged, tokenized → megatron indexed datasets + Parquet manifest.
+
+Work is cut into shards, one per input file, processed in input order:
+
+    OUT/shards/<file>-<hash>/<group>.bin/.idx   one dataset per language (or source) of that file
+    OUT/shards/<file>-<hash>/stats.json          written last: the shard is done
+    OUT/<group>.bin/.idx                         the shards of a group concatenated, in order
+    OUT/manifest.parquet                         per language × source statistics (see manifest.py)
+    OUT/rejects.jsonl                            file, line, reason and sample of dropped records
+
+A rerun skips every shard whose ``stats.json`` matches the input file (size, mtime) and the
+settings, so an interrupted run resumes where it stopped and ends byte-identical to an uninterrupted
+one. With dedup on, hashes of finished shards are reloaded in order; a shard after a redone one is
+redone too, so duplicates are judged against the same history either way.
+
+Within a shard a reader thread parses and cleans while the main thread tokenizes batches on all
+cores (the tokenizer's Rust pool releases the GIL), so reading overlaps tokenizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from data_pipeline.clean import CleanConfig, Cleaner, clean_chunk, hashes_to_array, init_worker
+from data_pipeline.indexed import AtomicIndexedWriter, is_complete, merge_indexed_datasets, token_dtype
+from data_pipeline.manifest import Manifest, group_filename, write_manifest
+from data_pipeline.readers import Reader, Record, Rejects, expand_inputs, source_name
+from data_pipeline.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+GROUP_BY = ("lang", "source")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    text_field: str = "text"
+    lang_field: str | None = "lang"
+    source_field: str | None = "source"
+    text_unit: str = "paragraph"  # plain text: paragraph | line | file
+    format: str | None = None  # jsonl | parquet | text; None: from each file's extension
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    group_by: str = "lang"
+    batch_docs: int = 256
+    clean_workers: int = 0  # processes for normalising + language detection; 0/1: the reader thread
+    rejects_log_limit: int = 1000  # logged rejects per (file, reason); all are counted
+    keep_shards: bool = True  # False: delete OUT/shards once merged (a later change of inputs redoes every file)
+    progress: bool = True
+
+    def settings_fingerprint(self, tokenizer: TextTokenizer) -> str:
+        """What decides a shard's bytes: the tokenizer file and every reading/cleaning setting."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers")}
+        settings["tokenizer_sha256"] = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class GroupStats:
+    documents: int = 0
+    bytes: int = 0
+    tokens: int = 0
+
+
+class ShardResult:
+    """What one input file produced: per (lang, source) stats, rejects, groups, dedup hashes."""
+
+    def __init__(self, stats: dict, rejects_log: list, hashes: np.ndarray) -> None:
+        self.stats, self.rejects_log, self.hashes = stats, rejects_log, hashes
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted(self.stats["groups"])
+
+
+def prepare(config: PrepareConfig) -> Manifest:
+    """Run the whole pipeline (resuming finished shards) and return the manifest it wrote."""
+    files = expand_inputs(config.inputs)  # fails now on a missing path
+    tokenizer = TextTokenizer(config.tokenizer)  # fails now on an unreadable tokenizer
+    if config.group_by not in GROUP_BY:
+        raise ValueError(f"group_by {config.group_by!r} is not one of {GROUP_BY}")
+    out = Path(config.output).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = config.settings_fingerprint(tokenizer)
+    reader = Reader(config.text_field, config.lang_field, config.source_field, config.text_unit, config.format)
+    cleaner = Cleaner(config.clean)
+    dtype = token_dtype(tokenizer.vocab_size)
+    fingerprint = _run_fingerprint(files, settings)
+    done = _finished_manifest(out, fingerprint)
+    if done is not None:
+        log.info("%s is up to date with its %d inputs and settings; nothing to do", out / "manifest.parquet", len(files))
+        return done
+
+    results: list[tuple[str, ShardResult]] = []
+    redo_rest, pool = False, None
+    progress = _Progress(len(files), enabled=config.progress)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for i, path in enumerate(files):
+            shard_dir = out / "shards" / shard_name(path)
+            result = None if redo_rest else _load_done(shard_dir, path, settings)
+            if result is None:
+                redo_rest = config.clean.dedup  # later shards' duplicates depend on this one
+                progress.file(i, path, resumed=False)
+                if pool is None and config.clean_workers > 1:
+                    pool = stack.enter_context(
+                        multiprocessing.get_context("spawn").Pool(config.clean_workers, init_worker, (config.clean,))
+                    )
+                result = _process_file(path, shard_dir, settings, reader, cleaner, tokenizer, dtype, config, progress, pool)
+            else:
+                progress.file(i, path, resumed=True)
+                if config.clean.dedup:
+                    cleaner.seen.update(int(h) for h in result.hashes)
+            results.append((shard_dir.relative_to(out).as_posix(), result))
+        progress.close()
+
+    manifest = _merge_and_write(out, results, dtype, tokenizer, settings, fingerprint, config)
+    elapsed = time.perf_counter() - t0
+    log.info(
+        "prepared %d files in %.1f s: %d documents, %d tokens, %d dropped -> %s",
+        len(files), elapsed, manifest.total("documents"), manifest.total("tokens"), manifest.total("dropped"), out,
+    )
+    return manifest
+
+
+def shard_name(path: Path) -> str:
+    return f"{group_filename(source_name(path))}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+def _run_fingerprint(files: list[Path], settings: str) -> str:
+    """Identifies a run's inputs (path, size, mtime of each, in order) and settings."""
+    items = [[shard_name(f), _file_identity(f)] for f in files]
+    return hashlib.sha256(json.dumps([items, settings]).encode()).hexdigest()[:16]
+
+
+def _finished_manifest(out: Path, fingerprint: str) -> Manifest | None:
+    """The manifest of a finished run with these exact inputs and settings, if its datasets are all there."""
+    path = out / "manifest.parquet"
+    if not path.is_file():
+        return None
+    manifest = Manifest.read(path)
+    if manifest.run_fingerprint != fingerprint or not all(is_complete(out / p) for p in manifest.prefixes()):
+        return None
+    return manifest
+
+
+def _file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _load_done(shard_dir: Path, path: Path, settings: str) -> ShardResult | None:
+    """The finished shard for ``path``, or None when it must be (re)done."""
+    marker = shard_dir / "stats.json"
+    if not marker.is_file():
+        return None
+    stats = json.loads(marker.read_text())
+    if stats.get("settings") != settings or stats.get("file") != _file_identity(path):
+        log.info("shard %s is stale (input or settings changed); redoing it", shard_dir.name)
+        return None
+    if not all(is_complete(shard_dir / group_filename(g)) for g in stats["groups"]):
+        return None
+    rejects_log = [json.loads(line) for line in (shard_dir / "rejects.jsonl").read_text().splitlines()]
+    hashes = np.load(shard_dir / "hashes.npy") if (shard_dir / "hashes.npy").is_file() else np.zeros(0, np.uint64)
+    return ShardResult(stats, rejects_log, hashes)
+
+
+def _process_file(
+    path: Path,
+    shard_dir: Path,
+    settings: str,
+    reader: Reader,
+    cleaner: Cleaner,
+    tokenizer: TextTokenizer,
+    dtype: type[np.number],
+    config: PrepareConfig,
+    progress: "_Progress",
+    pool: Any,
+) -> ShardResult:
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)  # leftovers of an interrupted or stale run
+    shard_dir.mkdir(parents=True)
+    rejects = Rejects(log_limit=config.rejects_log_limit)
+    hashes: list[int] = []
+    by_key: dict[tuple[str, str], GroupStats] = defaultdict(GroupStats)
+    writers: dict[str, AtomicIndexedWriter] = {}
+    try:
+        for batch in _cleaned_batches(path, reader, cleaner, rejects, hashes, config.batch_docs, pool):
+            ids = tokenizer.encode_batch([r.text for r in batch])
+            n_bytes = n_tokens = 0
+            for record, doc in zip(batch, ids):
+                doc.append(tokenizer.eod)
+                group = record.lang if config.group_by == "lang" else record.source
+                writer = writers.get(group)
+                if writer is None:
+                    writer = writers[group] = AtomicIndexedWriter(shard_dir / group_filename(group), dtype)
+                writer.add(np.asarray(doc, dtype=dtype))
+                s = by_key[(record.lang, record.source)]
+                b = len(record.text.encode("utf-8"))
+                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + len(doc)
+                n_bytes, n_tokens = n_bytes + b, n_tokens + len(doc)
+            progress.update(n_bytes, n_tokens, len(batch))
+        for writer in writers.values():
+            writer.commit()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    stats = {
+        "file": _file_identity(path),
+        "settings": settings,
+        "groups": {g: {"documents": w.documents, "tokens": w.tokens} for g, w in sorted(writers.items())},
+        "rows": [[lang, source, asdict(s)] for (lang, source), s in sorted(by_key.items())],
+        "rejects": [[lang, source, reason, n] for (lang, source, reason), n in sorted(rejects.counts.items())],
+    }
+    rejects.log.sort(key=lambda r: (r["line"], r["reason"]))  # one order whether cleaning ran here or in a pool
+    _write_atomic(shard_dir / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects.log))
+    if config.clean.dedup:
+        np.save(shard_dir / "hashes.npy", hashes_to_array(hashes))
+    _write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
+    progress.rejects(rejects.total)
+    return ShardResult(stats, rejects.log, hashes_to_array(hashes))
+
+
+def _clean(
+    records: Iterator[Record], cleaner: Cleaner, rejects: Rejects, hashes: list[int], pool: Any, chunk: int
+) -> Iterator[Record]:
+    """Cleaned records in input order: in this thread, or with the stateless part of cleaning
+    (normalise, detect language, filter) in ``pool``'s processes, a bounded number of chunks in
+    flight; dedup stays here, in order."""
+    if pool is None:
+        for record in records:
+            if (cleaned := cleaner(record, rejects, hashes)) is not None:
+                yield cleaned
+        return
+    in_flight: deque = deque()
+
+    def finish_oldest() -> Iterator[Record]:
+        for item in in_flight.popleft().get():
+            if isinstance(item, tuple):
+                rejects.add(*item)
+            elif (kept := cleaner.dedup(item, rejects, hashes)) is not None:
+                yield kept
+
+    buffer: list[Record] = []
+    for record in records:
+        buffer.append(record)
+        if len(buffer) == chunk:
+            in_flight.append(pool.apply_async(clean_chunk, (buffer,)))
+            buffer = []
+            if len(in_flight) >= 4:
+                yield from finish_oldest()
+    if buffer:
+        in_flight.append(pool.apply_async(clean_chunk, (buffer,)))
+    while in_flight:
+        yield from finish_oldest()
+
+
+def _cleaned_batches(
+    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any
+) -> Iterator[list[Record]]:
+    """Batches of cleaned records, produced by a reader thread (bounded queue: memory stays flat)."""
+    q: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            batch: list[Record] = []
+            for cleaned in _clean(reader.read(path, rejects), cleaner, rejects, hashes, pool, batch_docs):
+                batch.append(cleaned)
+                if len(batch) == batch_docs:
+                    _put(q, batch, stop)
+                    batch = []
+            if batch:
+                _put(q, batch, stop)
+            _put(q, None, stop)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            _put(q, err, stop)
+
+    thread = threading.Thread(target=produce, name=f"read:{path.name}", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _merge_and_write(
+    out: Path, results: list[tuple[str, ShardResult]], dtype: type[np.number], tokenizer: TextTokenizer,
+    settings: str, fingerprint: str, config: PrepareConfig,
+) -> Manifest:
+    """Concatenate each group's shards into OUT/<group>, then write rejects.jsonl and the manifest (last)."""
+    parts: dict[str, list[Path]] = defaultdict(list)
+    for rel, result in results:
+        for group in result.groups:
+            parts[group].append(out / rel / group_filename(group))
+    for group, shard_prefixes in sorted(parts.items()):
+        merge_indexed_datasets(out / group_filename(group), shard_prefixes, dtype)
+    _write_atomic(
+        out / "rejects.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, result in results for r in result.rejects_log),
+    )
+    manifest = Manifest.from_shards(
+        [(rel, r.stats) for rel, r in results],
+        group_by=config.group_by,
+        tokenizer=str(tokenizer.path.resolve()),
+        vocab_size=tokenizer.vocab_size,
+        dtype=np.dtype(dtype).name,
+        settings=settings,
+        run_fingerprint=fingerprint,
+    )
+    write_manifest(manifest, out / "manifest.parquet")
+    if not config.keep_shards:
+        shutil.rmtree(out / "shards")
+    return manifest
+
+
+class _Progress:
+    """One bar for the run: raw text MB, MB/s and tokens/s; the file being read in the description."""
+
+    def __init__(self, n_files: int, enabled: bool) -> None:
+        self.n_files = n_files
+        self.bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        self.tokens = self.documents = self.rejected = 0
+
+    def file(self, i: int, path: Path, resumed: bool) -> None:
+        self.bar.set_description(f"file {i + 1}/{self.n_files} {path.name}{' (done, skipped)' if resumed else ''}")
+
+    def update(self, n_bytes: int, n_tokens: int, n_docs: int) -> None:
+        self.tokens += n_tokens
+        self.documents += n_docs
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.tokens / dt:,.0f} tok/s, {self.documents:,} docs, {self.rejected:,} dropped", refresh=False)
+        self.bar.update(n_bytes)
+
+    def rejects(self, n: int) -> None:
+        self.rejected += n
+
+    def close(self) -> None:
+        self.bar.close()

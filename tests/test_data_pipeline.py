@@ -1,0 +1,378 @@
+"""The data pipeline: exact tokens per document, bad input counted, resume byte-identical, mixtures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+import zstandard
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from data_pipeline.clean import CleanConfig
+from data_pipeline.manifest import Manifest
+from data_pipeline.mixture import (
+    compute_mixture, explicit, natural, parse_tokens, parse_weights, temperature, unimax, write_data_config,
+)
+from data_pipeline.prepare import PrepareConfig, prepare
+from data_pipeline.tokenizer import TextTokenizer
+from qwenpt.data import BUNDLED_TOKENIZER
+
+from conftest import ROOT, SHARED
+
+CORPUS = SHARED / "corpus" / "debian-reference"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TextTokenizer(BUNDLED_TOKENIZER)
+
+
+def corpus_docs(lang: str, n: int) -> list[dict]:
+    with gzip.open(CORPUS / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+def write_jsonl(path: Path, records: list, compress: str | None = None) -> Path:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    if compress == "gz":
+        data = gzip.compress(data)
+    elif compress == "zst":
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def run_prepare(out: Path, *inputs: Path, **kw) -> Manifest:
+    kw.setdefault("progress", False)
+    return prepare(PrepareConfig(inputs=tuple(map(str, inputs)), output=str(out), tokenizer=str(BUNDLED_TOKENIZER), **kw))
+
+
+def test_mixed_corpus_token_counts_and_ids_are_exact(tmp_path, tokenizer):
+    """JSONL.gz, JSONL.zst, Parquet and plain text in; per language, the .idx holds len(encode)+1 per
+    document and IndexedDataset reads back exactly the tokenizer's ids."""
+    src = tmp_path / "src"
+    src.mkdir()
+    de, zh, ja = corpus_docs("de", 5), corpus_docs("zh-cn", 4), corpus_docs("ja", 3)
+    write_jsonl(src / "de.jsonl.gz", de, "gz")
+    write_jsonl(src / "zh.jsonl.zst", zh, "zst")
+    pq.write_table(pa.table({"content": [d["text"] for d in ja], "language": ["ja"] * 3}), src / "ja.parquet")
+    english = [d["text"] for d in corpus_docs("en", 3)]
+    (src / "notes.txt").write_text("\n\n".join(t.replace("\n\n", "\n") for t in english) + "\n", encoding="utf-8")
+
+    out = tmp_path / "out"
+    m1 = run_prepare(out, src / "de.jsonl.gz", src / "zh.jsonl.zst", src / "notes.txt")
+    m2 = run_prepare(tmp_path / "out_pq", src / "ja.parquet", text_field="content", lang_field="language")
+
+    expected = {
+        "de": [d["text"] for d in de],
+        "zh-cn": [d["text"] for d in zh],
+        "en": [t.replace("\n\n", "\n") for t in english],  # plain text: language detected
+    }
+    for lang, texts in expected.items():
+        texts = [unicodedata.normalize("NFC", t) for t in texts]
+        ds = IndexedDataset(str(out / lang))
+        assert ds.sequence_lengths.tolist() == [len(tokenizer.encode(t)) + 1 for t in texts], lang
+        assert [ds[i].tolist() for i in range(len(texts))] == [tokenizer.encode(t) + [tokenizer.eod] for t in texts]
+        assert ds[0].dtype == np.uint16
+    ds = IndexedDataset(str(tmp_path / "out_pq" / "ja"))
+    assert [ds[i].tolist() for i in range(3)] == [tokenizer.encode(d["text"]) + [tokenizer.eod] for d in ja]
+
+    groups = m1.groups()
+    assert sorted(groups) == ["de", "en", "zh-cn"]
+    assert groups["de"]["documents"] == 5 and groups["zh-cn"]["documents"] == 4 and groups["en"]["documents"] == 3
+    assert groups["de"]["tokens"] == sum(len(tokenizer.encode(d["text"])) + 1 for d in de)
+    assert groups["zh-cn"]["bytes"] == sum(len(d["text"].encode()) for d in zh)
+    assert m2.groups()["ja"]["tokens"] == sum(len(tokenizer.encode(d["text"])) + 1 for d in ja)
+    rows = Manifest.read(out / "manifest.parquet").table.to_pylist()
+    de_row = next(r for r in rows if r["lang"] == "de")
+    assert de_row["source"] == de[0]["source"] and de_row["prefix"] == "de"
+    assert de_row["bytes_per_token"] == pytest.approx(de_row["bytes"] / de_row["tokens"])
+    assert de_row["shards"] and all((out / f"{s}.idx").is_file() for s in de_row["shards"])
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_bad_input_is_counted_and_every_good_record_kept(tmp_path, tokenizer):
+    good = [f"good record number {i} with enough text" for i in range(6)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(
+        b"".join(
+            [
+                json.dumps({"text": good[0], "lang": "en"}).encode() + b"\n",
+                b'{"text": "unterminated\n',  # malformed JSON, line 2
+                json.dumps({"body": "no text field", "lang": "en"}).encode() + b"\n",
+                json.dumps({"text": 42, "lang": "en"}).encode() + b"\n",  # text not a string
+                json.dumps({"text": "  \t ", "lang": "en"}).encode() + b"\n",  # empty after cleaning
+                b'{"text": "caf\xe9 latin-1", "lang": "fr"}\n',  # invalid UTF-8, line 6
+                json.dumps({"text": good[1], "lang": "en"}).encode() + b"\n",
+                b"[1, 2, 3]\n",  # JSON but not an object
+                json.dumps({"text": good[2], "lang": "en"}).encode() + b"\n",
+            ]
+        )
+    )
+    # A truncated gzip: everything decompressible before the cut is kept.
+    lines = [json.dumps({"text": f"gz doc {i} " + "lorem ipsum " * 50, "lang": "en"}) + "\n" for i in range(400)]
+    blob = gzip.compress("".join(lines).encode())
+    trunc = tmp_path / "trunc.jsonl.gz"
+    trunc.write_bytes(blob[: len(blob) // 2])
+    recoverable = zlib.decompressobj(wbits=31).decompress(blob[: len(blob) // 2]).decode().count("\n")
+    # A truncated zstd file.
+    zblob = zstandard.ZstdCompressor().compress("".join(lines[:50]).encode())
+    ztrunc = tmp_path / "trunc.jsonl.zst"
+    ztrunc.write_bytes(zblob[: len(zblob) * 3 // 4])
+    zdec = zstandard.ZstdDecompressor().decompressobj()
+    z_recoverable = zdec.decompress(zblob[: len(zblob) * 3 // 4]).decode(errors="ignore").count("\n")
+    text = tmp_path / "plain.txt"
+    text.write_bytes(good[3].encode() + b"\n\n\xff\xfe broken paragraph\n\n" + good[4].encode() + b"\n")
+
+    out = tmp_path / "out"
+    m = run_prepare(out, bad, trunc, ztrunc, text, clean=CleanConfig(detect_language=False))
+    drops = m.drops_by_reason()
+    assert drops == {
+        "malformed_json": 2,
+        "missing_text_field": 2,
+        "empty_document": 1,
+        "invalid_utf8": 2,
+        "truncated_or_corrupt_file": 2,
+    }
+    groups = m.groups()
+    assert groups["en"]["documents"] == 3 + recoverable + z_recoverable
+    assert groups["unknown"]["documents"] == 2  # plain text paragraphs, detection off
+    ds = IndexedDataset(str(out / "en"))
+    assert ds[0].tolist() == tokenizer.encode(good[0]) + [tokenizer.eod]
+    assert ds[2].tolist() == tokenizer.encode(good[2]) + [tokenizer.eod]
+    assert tokenizer.decode(ds[3 + recoverable - 1].tolist()[:-1]) == json.loads(lines[recoverable - 1])["text"]
+
+    log = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    where = {(Path(r["file"]).name, r["line"], r["reason"]) for r in log}
+    assert ("bad.jsonl", 2, "malformed_json") in where and ("bad.jsonl", 6, "invalid_utf8") in where
+    assert ("bad.jsonl", 3, "missing_text_field") in where and ("plain.txt", 3, "invalid_utf8") in where
+    assert ("trunc.jsonl.gz", recoverable + 1, "truncated_or_corrupt_file") in where
+    assert any("unterminated" in r["sample"] for r in log)
+
+
+def test_cleaning_normalises_strips_dedups_filters_and_detects(tmp_path, tokenizer):
+    decomposed = "Cafe\u0301 cre\u0300me, ein deutscher Satz über die Straße und das Wetter."
+    records = [
+        {"text": decomposed},
+        {"text": "Bell\x07 and\x00 nul\x1b controls; tab\tand newline\nstay. " + "english text " * 5, "lang": "en"},
+        {"text": "short", "lang": "en"},
+        {"text": "x" * 500, "lang": "en"},
+        {"text": "这是一个用于测试语言识别的中文句子，内容关于天气和城市。"},
+        {"text": "Ceci est une phrase française, écrite pour tester la détection de la langue.", "lang": "fr"},
+        {"text": decomposed},  # exact duplicate (after NFC too)
+        {"text": unicodedata.normalize("NFC", decomposed)},  # duplicate once normalised
+    ]
+    src = write_jsonl(tmp_path / "c.jsonl", records)
+    clean = CleanConfig(dedup=True, min_chars=10, max_chars=300, languages=("de", "en", "zh", "fr"))
+    m = run_prepare(tmp_path / "out", src, clean=clean)
+    assert m.drops_by_reason() == {"duplicate": 2, "too_short": 1, "too_long": 1}
+    groups = m.groups()
+    assert {g: s["documents"] for g, s in groups.items()} == {"de": 1, "en": 1, "fr": 1, "zh": 1}
+    ds = IndexedDataset(str(tmp_path / "out" / "en"))
+    assert tokenizer.decode(ds[0].tolist()[:-1]).startswith("Bell and nul controls; tab\tand newline\nstay.")
+    de = IndexedDataset(str(tmp_path / "out" / "de"))
+    assert tokenizer.decode(de[0].tolist()[:-1]) == unicodedata.normalize("NFC", decomposed)
+
+    filtered = run_prepare(tmp_path / "out2", src, clean=CleanConfig(languages=("en",)))
+    assert filtered.drops_by_reason() == {"language_filtered": 5}
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_byte_identical_outputs(tmp_path):
+    """Kill -9 the CLI while it is writing the second file's shard (fed through a pipe), rerun, and
+    compare every output byte with an uninterrupted run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = corpus_docs("fr", 12) + corpus_docs("zh-tw", 8)
+    write_jsonl(src / "a.jsonl", docs[:8] + [docs[0]])  # a duplicate inside a
+    b_lines = [json.dumps(d, ensure_ascii=False) + "\n" for d in docs[8:16]]
+    write_jsonl(src / "c.jsonl", docs[16:] + [docs[3], docs[9]])  # duplicates of a and b: dedup across resume
+    fifo = src / "b.jsonl"
+    os.mkfifo(fifo)
+    cmd = [
+        sys.executable, "-m", "data_pipeline", "prepare", str(src / "a.jsonl"), str(fifo), str(src / "c.jsonl"),
+        "--tokenizer", str(BUNDLED_TOKENIZER), "--dedup", "--batch-docs", "1", "--no-progress", "--json",
+    ]
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    proc = subprocess.Popen([*cmd, "-o", str(out1)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        fd = _open_fifo_for_writing(fifo, proc)  # returns once the run has finished a and opened b
+        os.write(fd, "".join(b_lines[:5]).encode())
+        shard_b = next((out1 / "shards").glob("b-*"))
+        _wait_for(lambda: any(p.stat().st_size > 0 for p in shard_b.glob(".*.tmp*.bin")), proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        os.close(fd)
+    finally:
+        proc.kill()
+    assert (next((out1 / "shards").glob("a-*")) / "stats.json").is_file()
+    assert not (shard_b / "stats.json").exists() and not (out1 / "manifest.parquet").exists()
+    fifo.unlink()
+    (src / "b.jsonl").write_text("".join(b_lines), encoding="utf-8")
+
+    resumed = subprocess.run([*cmd, "-o", str(out1)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run([*cmd, "-o", str(out2)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and fresh.returncode == 0, resumed.stderr[-2000:] + fresh.stderr[-2000:]
+    assert _tree(out1) == _tree(out2)
+    summary = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert summary["drops"] == {"duplicate": 3} and summary["documents"] == 20
+    again = subprocess.run([*cmd, "-o", str(out2)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "nothing to do" in again.stderr and _tree(out2) == _tree(out1)
+
+
+def _open_fifo_for_writing(path: Path, proc: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.05)
+    raise TimeoutError("the pipeline never opened the pipe")
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, "pipeline ended before the kill"
+        time.sleep(0.05)
+
+
+def test_rerun_redoes_only_changed_inputs(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    a = write_jsonl(src / "a.jsonl", corpus_docs("it", 3))
+    b = write_jsonl(src / "b.jsonl", corpus_docs("pt", 3))
+    out = tmp_path / "out"
+    run_prepare(out, a, b)
+    stamp = {p.parent.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*/stats.json")}
+    time.sleep(0.01)
+    write_jsonl(b, corpus_docs("pt", 4))
+    m = run_prepare(out, a, b)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*/stats.json")}
+    changed = {name for name in stamp if stamp[name] != after[name]}
+    assert changed == {next(n for n in stamp if n.startswith("b-"))}
+    assert m.groups()["pt"]["documents"] == 4 and IndexedDataset(str(out / "pt")).sequence_lengths.size == 4
+
+
+def test_mixture_weights_match_hand_computed():
+    n = {"a": 100, "b": 1000, "c": 10000}
+    assert natural(n) == pytest.approx({"a": 100 / 11100, "b": 1000 / 11100, "c": 10000 / 11100})
+    z = 10**0.6 + 10**0.9 + 10**1.2  # n^0.3
+    assert temperature(n, 0.3) == pytest.approx({"a": 10**0.6 / z, "b": 10**0.9 / z, "c": 10**1.2 / z})
+    # UniMax, budget 6000, at most 4 epochs: a gets min(2000, 400) = 400; b min(2800, 4000) = 2800; c 2800.
+    assert unimax(n, 6000, 4) == pytest.approx({"a": 400 / 6000, "b": 2800 / 6000, "c": 2800 / 6000})
+    # Budget above what the caps allow (4·11100 = 44400): shares of the caps.
+    assert unimax(n, 10**6, 4) == pytest.approx(natural(n))
+    assert explicit(n, {"a": 1, "c": 3}) == {"a": 0.25, "b": 0.0, "c": 0.75}
+    with pytest.raises(ValueError, match=r"weights name \['x'\], which the manifest does not have"):
+        explicit(n, {"x": 1})
+    assert parse_tokens("20B") == 20 * 10**9 and parse_tokens("1.5e6") == 1_500_000 and parse_tokens("500M") == 5 * 10**8
+    assert parse_weights("en=0.5, zh-cn=0.25") == {"en": 0.5, "zh-cn": 0.25}
+    with pytest.raises(ValueError, match="token budget 'ten'"):
+        parse_tokens("ten")
+
+
+def test_mix_writes_a_data_config_train_py_reads(tmp_path):
+    from test_config import compose_cfg
+
+    from qwenpt.config import validate
+    from qwenpt.data import dataset_config, load_tokenizer, resolve_blend
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [write_jsonl(src / f"{lang}.jsonl", corpus_docs(lang, k)) for lang, k in (("en", 8), ("de", 4), ("ja", 2))]
+    m = run_prepare(tmp_path / "out", *files)
+    m = Manifest.read(tmp_path / "out" / "manifest.parquet")
+    tokens = {g: s["tokens"] for g, s in m.groups().items()}
+    smallest = min(tokens, key=tokens.get)
+    budget = 13 * tokens[smallest]  # a uniform third (4.33 epochs of the smallest) is over its cap of 4
+    mix = compute_mixture(m, budget=budget, method="unimax", max_epochs=4)
+    assert mix.weights == pytest.approx(unimax(tokens, budget, 4))
+    epochs = mix.epochs()
+    assert max(epochs.values()) <= 4 + 1e-9 and epochs[smallest] == pytest.approx(4)
+    assert sum(w * budget for w in mix.weights.values()) == pytest.approx(budget)
+
+    path = write_data_config(tmp_path / "conf" / "data" / "mymix.yaml", m, mix, seq_length=128)
+    data = yaml.safe_load(path.read_text())
+    assert [Path(e["prefix"]).name for e in data["blend"]] == ["de", "en", "ja"]
+    assert [e["weight"] for e in data["blend"]] == pytest.approx([mix.weights[g] for g in ("de", "en", "ja")])
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mymix")  # as train.py data=mymix
+    validate(cfg)
+    assert cfg.data.tokenizer == str(BUNDLED_TOKENIZER.resolve()) and cfg.data.split == "95,5,0"
+    tok = load_tokenizer(cfg.data)
+    blend = resolve_blend(cfg.data, tok)
+    assert blend.prefixes == [e["prefix"] for e in data["blend"]]
+    assert dataset_config(cfg.data, tok, blend, seed=1).sequence_length == 128
+
+
+def test_cli_fails_early_with_clear_messages(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "data_pipeline", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    r = run("prepare", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o"), "--tokenizer", str(BUNDLED_TOKENIZER))
+    assert r.returncode == 2 and f"input path {tmp_path / 'missing.jsonl'} does not exist" in r.stderr
+    src = write_jsonl(tmp_path / "x.jsonl", [{"text": "hi"}])
+    r = run("prepare", str(src), "-o", str(tmp_path / "o"), "--tokenizer", str(tmp_path))
+    assert r.returncode == 2 and f"no tokenizer.json at {tmp_path / 'tokenizer.json'}" in r.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    r = run("prepare", str(src), "-o", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "bad.json"))
+    assert r.returncode == 2 and f"cannot read {tmp_path / 'bad.json'}" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = run("mix", str(tmp_path / "nope.parquet"), "--budget", "1B")
+    assert r.returncode == 2 and "manifest" in r.stderr and "does not exist" in r.stderr
+    for sub in ("prepare", "stats", "mix", "train-tokenizer"):
+        assert run(sub, "--help").returncode == 0
+
+
+def test_train_tokenizer_cli_builds_a_qwen2_style_bpe(tmp_path):
+    out = tmp_path / "tok"
+    r = subprocess.run(
+        [sys.executable, "-m", "data_pipeline", "train-tokenizer", str(CORPUS / "en.jsonl.gz"), str(CORPUS / "zh-cn.jsonl.gz"),
+         "--vocab-size", "1024", "--max-docs", "60", "-o", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "on 60 documents" in r.stdout
+    tok = TextTokenizer(out)
+    assert tok.vocab_size == 1024
+    assert [tok.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [1021, 1022, 1023]
+    assert tok.encode("12345") == [tok.tokenizer.token_to_id(d) for d in "12345"]  # Qwen2 splits digits
+    text = "Grüße, 世界! apt-get install"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path):
+    """--clean-workers moves normalising and language detection to processes; outputs, counts and
+    the rejects log must not change."""
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = [{"text": d["text"]} for lang in ("en", "de", "ja") for d in corpus_docs(lang, 6)]
+    docs += [{"text": "tiny"}, {"text": docs[0]["text"]}, {"body": "no text"}]
+    write_jsonl(src / "mixed.jsonl", docs)
+    write_jsonl(src / "more.jsonl", docs[::-1])
+    clean = CleanConfig(dedup=True, min_chars=10)
+    run_prepare(tmp_path / "serial", src, clean=clean, batch_docs=4)
+    run_prepare(tmp_path / "pool", src, clean=clean, batch_docs=4, clean_workers=2)
+    serial, pool = _tree(tmp_path / "serial"), _tree(tmp_path / "pool")
+    assert serial == pool
+    m = Manifest.read(tmp_path / "pool" / "manifest.parquet")
+    assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2}
+    assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "ja": 6}
