@@ -1,0 +1,91 @@
+"""Collect the runs ``train.py`` wrote into one table for the fits.
+
+A run directory holds ``metrics.jsonl`` (one JSON object per train step and per evaluation) and
+the resolved Hydra config in ``.hydra/config.yaml``. Each evaluation becomes one row: the model's
+parameter counts (total, embedding, non-embedding, active; from :mod:`qwenpt.models.size`), tokens
+seen, training FLOPs to that point (exact, :mod:`qwenpt.flops`), the validation loss, the mean
+training loss over the steps since the previous evaluation, the data mixture (``mix_<name>``
+shares) and whether it is the run's final evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import yaml
+
+from qwenpt.config import ModelConfig
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories: each path itself if it holds metrics.jsonl, else every run below it."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"run path {p} does not exist")
+        if (p / "metrics.jsonl").is_file():
+            runs.append(p)
+        else:
+            runs.extend(sorted(m.parent for m in p.rglob("metrics.jsonl")))
+    return runs
+
+
+def _mixture(data: dict) -> dict[str, float]:
+    blend = data.get("blend") or []
+    if not blend:
+        return {}  # the bundled sample, natural weights (token counts), decided at run time
+    total = sum(float(e["weight"]) for e in blend)
+    return {Path(e["prefix"]).name: float(e["weight"]) / total for e in blend}
+
+
+def run_rows(run_dir: Path) -> list[dict]:
+    import json
+
+    from qwenpt.flops import training_flops_per_token
+    from qwenpt.models.size import param_counts
+
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no .hydra/config.yaml; is it a train.py run directory?")
+    cfg = yaml.safe_load(config_file.read_text())
+    model = ModelConfig(**cfg["model"])
+    counts = param_counts(model)
+    seq = int(cfg["data"]["seq_length"])
+    flops_per_token = training_flops_per_token(model, seq)
+    mix = _mixture(cfg["data"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    rows, pending = [], []
+    for r in records:
+        if r["kind"] == "train":
+            pending.append(r["loss"])
+            continue
+        rows.append(
+            {
+                "run": str(run_dir),
+                "model": model.name,
+                "params": counts.total,
+                "embedding_params": counts.embedding,
+                "non_embedding_params": counts.non_embedding,
+                "active_params": counts.active,
+                "seq_length": seq,
+                "step": int(r["step"]),
+                "tokens": int(r["tokens"]),
+                "flops": float(flops_per_token * r["tokens"]),
+                "valid_loss": float(r["loss"]),
+                "train_loss": float(sum(pending) / len(pending)) if pending else None,
+                "final": r is valid[-1],
+                **{f"mix_{k}": v for k, v in mix.items()},
+                **{f"valid_loss_{k}": float(v) for k, v in (r.get("per_source") or {}).items()},
+            }
+        )
+        pending = []
+    return rows
+
+
+def collect_runs(paths: Iterable[str | Path]) -> pa.Table:
+    """One row per evaluation of every run under ``paths`` (columns missing in a run are null)."""
+    rows = [row for run in find_runs(paths) for row in run_rows(run)]
+    return pa.Table.from_pylist(rows)

@@ -1,0 +1,246 @@
+"""Scaling-law fits: known laws recovered with covering intervals; real published data reproduced."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from qwenpt.scaling.frontier import fit_envelope, fit_isoflop
+from qwenpt.scaling.laws import LossLawFit, fit_loss_law
+from qwenpt.scaling.mixing import best_mixture, fit_mixing_law, rank_agreement
+from qwenpt.scaling.runs import collect_runs
+
+from conftest import ROOT, SHARED, run_train
+
+# Epoch AI's refit of Chinchilla (Besiroglu et al. 2024).
+EPOCH = LossLawFit(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, objective=0.0, n_points=0)
+OLMO = SHARED / "scaling-data" / "olmo-ladder" / "peteish-moreeval"
+REGMIX = SHARED / "scaling-data" / "regmix"
+
+
+def isoflop_design(law: LossLawFit, budgets=(1e18, 1e19, 1e20, 1e21, 1e22), per_budget: int = 7):
+    N, D = [], []
+    for C in budgets:
+        n_opt, _ = law.compute_optimal(C)
+        for f in np.geomspace(1 / 8, 8, per_budget):
+            N.append(n_opt * f)
+            D.append(C / (6 * n_opt * f))
+    return np.array(N), np.array(D)
+
+
+def test_noiseless_points_give_the_law_back():
+    N, D = isoflop_design(EPOCH)
+    fit = fit_loss_law(N, D, EPOCH.predict(N, D))
+    for k in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(fit, k) == pytest.approx(getattr(EPOCH, k), rel=2e-3), k
+
+
+def test_epoch_chinchilla_fit_recovered_from_noisy_points_and_intervals_cover_it():
+    rng = np.random.default_rng(0)
+    N, D = isoflop_design(EPOCH)
+    L = EPOCH.predict(N, D) * np.exp(rng.normal(0, 0.003, len(N)))  # 0.3% noise
+    fit = fit_loss_law(N, D, L, bootstrap=30, confidence=0.95)
+    assert fit.E == pytest.approx(1.82, rel=0.01)
+    assert fit.alpha == pytest.approx(0.3478, abs=0.01) and fit.beta == pytest.approx(0.3658, abs=0.01)
+    assert fit.a == pytest.approx(EPOCH.a, abs=0.005)
+    for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        lo, hi = fit.intervals[k]
+        assert lo <= getattr(EPOCH, k) <= hi, (k, lo, hi)
+
+
+def test_compute_optimal_allocation_minimises_loss_at_fixed_compute():
+    for C in (1e19, 1e23):
+        n_opt, d_opt = EPOCH.compute_optimal(C)
+        assert 6 * n_opt * d_opt == pytest.approx(C)
+        res = minimize_scalar(lambda x: EPOCH.predict(np.exp(x), C / (6 * np.exp(x))), bounds=(10, 40), method="bounded",
+                              options={"xatol": 1e-10})
+        assert np.log(n_opt) == pytest.approx(res.x, abs=1e-4)
+    # exact FLOPs per parameter-token (e.g. 7.2 with attention) moves the optimum as C/7.2 vs C/6
+    n6, _ = EPOCH.compute_optimal(1e21)
+    n72, _ = EPOCH.compute_optimal(1e21, flops_per_param_token=7.2)
+    assert n72 / n6 == pytest.approx((6 / 7.2) ** EPOCH.a)
+
+
+def test_isoflop_and_envelope_recover_the_exponents():
+    rng = np.random.default_rng(1)
+    N, D = isoflop_design(EPOCH, per_budget=9)
+    L = EPOCH.predict(N, D) * np.exp(rng.normal(0, 0.002, len(N)))
+    iso = fit_isoflop(N, D, L, bootstrap=200, confidence=0.95)
+    assert iso.a == pytest.approx(EPOCH.a, abs=0.01) and iso.b == pytest.approx(EPOCH.b, abs=0.01)
+    assert iso.intervals["a"][0] <= EPOCH.a <= iso.intervals["a"][1]
+    assert len(iso.budgets) == 5
+
+    runs, NN, DD, LL = [], [], [], []
+    for i, n in enumerate(np.geomspace(1e7, 1e10, 16)):  # training curves up to 1e22 FLOPs
+        for d in np.geomspace(1e22 / (6 * n) / 1000, 1e22 / (6 * n), 60):
+            runs.append(f"run{i}")
+            NN.append(n)
+            DD.append(d)
+            LL.append(float(EPOCH.predict(n, d)))
+    env = fit_envelope(runs, NN, DD, LL, bootstrap=100, confidence=0.95)
+    assert env.a == pytest.approx(EPOCH.a, abs=0.03)
+    assert env.intervals["a"][0] <= EPOCH.a <= env.intervals["a"][1]
+
+
+def _synthetic_mixing(rng, n_mix: int, m: int = 4, domains: int = 3):
+    truth = {f"loss_{d}": (1.5 + 0.2 * d, 1.0 + 0.3 * d, rng.normal(0, 1.0, m) - 1.5 * np.eye(m)[d]) for d in range(domains)}
+    r = rng.dirichlet(np.ones(m), n_mix)
+    losses = {k: c + k_ * np.exp(r @ t) for k, (c, k_, t) in truth.items()}
+    return truth, r, losses
+
+
+def test_mixing_law_predicts_unseen_mixtures_and_finds_the_best_one():
+    rng = np.random.default_rng(0)
+    truth, r, losses = _synthetic_mixing(rng, 60)
+    noisy = {k: v * np.exp(rng.normal(0, 0.002, len(v))) for k, v in losses.items()}
+    law = fit_mixing_law(r, noisy, [f"r_{j}" for j in range(4)])
+    r_test = np.random.default_rng(7).dirichlet(np.ones(4), 200)
+    test = {k: c + k_ * np.exp(r_test @ t) for k, (c, k_, t) in truth.items()}
+    agreement = rank_agreement(law, r_test, test)
+    assert all(a["spearman"] > 0.99 for a in agreement.values()), agreement
+    assert all(a["mae"] < 0.02 for a in agreement.values()), agreement
+
+    # the search beats every one of 20,000 random mixtures on the mean loss
+    best, value = best_mixture(law)
+    assert sum(best.values()) == pytest.approx(1.0) and min(best.values()) >= 0
+    samples = np.random.default_rng(3).dirichlet(np.ones(4), 20000)
+    brute = np.mean([law.laws[d].predict(samples) for d in law.laws], axis=0).min()
+    assert value <= brute + 1e-9
+    capped, _ = best_mixture(law, max_share={"r_0": 0.1, "r_1": 0.1})
+    assert capped["r_0"] <= 0.1 + 1e-6 and capped["r_1"] <= 0.1 + 1e-6
+
+
+def _regmix(mixture_file: str, loss_file: str):
+    mixes = {row["index"]: row for row in csv.DictReader(open(REGMIX / mixture_file))}
+    losses = {row["index"]: row for row in csv.DictReader(open(REGMIX / loss_file))}
+    idx = [i for i in mixes if i in losses]
+    mcols = [c for c in next(iter(mixes.values())) if c != "index"]
+    lcols = [c for c in next(iter(losses.values())) if c != "index"]
+    r = np.array([[float(mixes[i][c]) for c in mcols] for i in idx])
+    return mcols, r, {c: np.array([float(losses[i][c]) for i in idx]) for c in lcols}
+
+
+def test_regmix_mixing_law_ranks_held_out_mixtures():
+    """Ye et al.'s law fitted on RegMix's 512 training mixtures (1M models) ranks its 256 held-out
+    mixtures per domain (RegMix's own LightGBM: 96.9-99.8, Pile-CC 98.9)."""
+    mcols, r, losses = _regmix("train_mixture_1m.csv", "train_pile_loss_1m.csv")
+    law = fit_mixing_law(r, losses, mcols)
+    _, r_test, test = _regmix("test_mixture_1m.csv", "test_pile_loss_1m.csv")
+    rho = {k.removeprefix("metric/the_pile_").removesuffix("_val_loss"): v["spearman"] for k, v in rank_agreement(law, r_test, test).items()}
+    print("RegMix 1M held-out Spearman rho x100:", {k: round(100 * v, 2) for k, v in rho.items()})
+    assert len(rho) == 13 and min(rho.values()) > 0.93 and rho["pile_cc"] > 0.95
+    _, r_1b, test_1b = _regmix("test_mixture_1B.csv", "test_pile_loss_1B.csv")
+    rho_1b = rank_agreement(law, r_1b, test_1b)["metric/the_pile_pile_cc_val_loss"]["spearman"]
+    print(f"1M-fitted law on 1B models, Pile-CC rho: {rho_1b:.4f}")
+    assert rho_1b > 0.95  # rankings transfer across 1000x in scale
+
+
+def _olmo_final(name: str, column: str = "eval/c4_en-validation/CrossEntropyLoss") -> tuple[float, float]:
+    last = list(csv.DictReader(gzip.open(OLMO / f"{name}.csv.gz", "rt")))[-1]
+    return float(last.get("throughput/total_tokens") or 5e12), float(last[column])
+
+
+OLMO_N = {"190M": 190354176, "370M": 371262464, "760M": 758220288, "1B": 1279395840, "3B": 3169537280,
+          "7B": 6887575552, "13B": 13202396160}
+
+
+def test_olmo_ladder_fit_predicts_7b_and_13b_c4_loss():
+    """Plain Approach 3 on the 16 final points of 190M-1.3B x 1-10xC (their fit set); predict the 3B
+    ladder runs and the OLMo 2 7B / 13B final C4 losses."""
+    N, D, L = [], [], []
+    for size in ("190M", "370M", "760M", "1B"):
+        for k in ("1xC", "2xC", "5xC", "10xC"):
+            d, loss = _olmo_final(f"{size}-{k}")
+            N.append(OLMO_N[size])
+            D.append(d)
+            L.append(loss)
+    fit = fit_loss_law(N, D, L)
+    errors = {}
+    for k in ("0.5xC", "1xC", "2xC", "5xC", "10xC"):
+        d, loss = _olmo_final(f"3B-{k}")
+        errors[f"3B-{k}"] = float(fit.predict(OLMO_N["3B"], d) / loss - 1)
+    for name, file in (("7B", "peteish7_eval_anneal"), ("13B", "peteish13_eval_final")):
+        d, loss = _olmo_final(file)
+        errors[name] = float(fit.predict(OLMO_N[name], d) / loss - 1)
+    print("OLMo ladder fit:", fit.as_dict(), "relative errors %:", {k: round(100 * v, 2) for k, v in errors.items()})
+    assert fit.E == pytest.approx(1.06, abs=0.1) and fit.alpha == pytest.approx(0.114, abs=0.01)
+    assert abs(errors["7B"]) < 0.025 and abs(errors["13B"]) < 0.04
+    assert all(abs(errors[f"3B-{k}"]) < 0.035 for k in ("0.5xC", "1xC", "2xC", "5xC", "10xC"))
+
+
+def test_cli_prints_the_fit_and_ends_with_json(tmp_path):
+    N, D = isoflop_design(EPOCH)
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss\n" + "".join(f"{n},{d},{EPOCH.predict(n, d)}\n" for n, d in zip(N, D)))
+    cmd = [sys.executable, "-m", "qwenpt.scaling", "fit", "--law", "chinchilla", "--data", str(path), "--budgets", "1e21"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["alpha"] == pytest.approx(0.3478, rel=2e-3) and any(re.match(r"\s+alpha\s+0\.347", line) for line in r.stdout.splitlines())
+    assert out["compute_optimal"][0]["N_opt"] == pytest.approx(float(EPOCH.compute_optimal(1e21)[0]), rel=0.02)
+
+    cmd = [sys.executable, "-m", "qwenpt.scaling", "fit", "--law", "mix", "--join-on", "index",
+           "--data", str(REGMIX / "train_mixture_1m.csv"), str(REGMIX / "train_pile_loss_1m.csv"),
+           "--test", str(REGMIX / "test_mixture_1m.csv"), str(REGMIX / "test_pile_loss_1m.csv"),
+           "--mix-cols", "train_the_pile_*", "--loss-cols", "metric/the_pile_pile_cc_val_loss",
+           "--target", "metric/the_pile_pile_cc_val_loss=1", "--trust-region"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["test"]["metric/the_pile_pile_cc_val_loss"]["spearman"] > 0.95
+    assert sum(out["best_mixture"]["mixture"].values()) == pytest.approx(1.0)
+
+    r = subprocess.run([sys.executable, "-m", "qwenpt.scaling", "fit", "--law", "chinchilla", "--data", str(path), "--n-col", "params"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--n-col 'params' is not a column" in r.stderr
+
+
+def test_collect_reads_train_py_runs(tmp_path):
+    run = tmp_path / "run"
+    proc = run_train(run, "train.steps=6", "train.eval_interval=3", "checkpoint.save_interval=6", "optim.warmup_steps=2")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    table = collect_runs([tmp_path]).to_pylist()
+    assert [row["step"] for row in table] == [0, 3, 6] and [row["final"] for row in table] == [False, False, True]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    valid = [m for m in metrics if m["kind"] == "valid"]
+    assert [row["valid_loss"] for row in table] == [m["loss"] for m in valid]
+    train = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert table[1]["train_loss"] == pytest.approx(sum(train[:3]) / 3)
+    from qwenpt.flops import training_flops_per_token
+    from qwenpt.models.size import param_counts
+    from conftest import model_config
+
+    m = model_config("tiny")
+    assert table[2]["non_embedding_params"] == param_counts(m).non_embedding == 739456
+    assert table[2]["flops"] == pytest.approx(training_flops_per_token(m, 256) * table[2]["tokens"])
+
+
+def test_mixture_laws_extrapolate_with_the_size_law():
+    """Small runs of 6 mixtures at 4 sizes x 3 token budgets, losses E(r) + A/N^α + B/D^β with E(r) a
+    mixing law: predict every mixture at 100x the largest model, then an unseen mixture there."""
+    from qwenpt.scaling.mixing import extrapolate_mixtures
+
+    t = np.array([-1.2, 0.4, 0.3])
+
+    def loss(r, N, D):
+        return 1.6 + 0.8 * np.exp(np.asarray(r) @ t) + 400 / N**0.34 + 1500 / D**0.36
+
+    mixtures = np.random.default_rng(0).dirichlet(np.ones(3), 6)
+    runs = [
+        {"mix": i, "N": N, "D": D, "losses": {"en": float(loss(r, N, D))}}
+        for i, r in enumerate(mixtures) for N in (1e7, 3e7, 1e8, 3e8) for D in (1e9, 4e9, 1.6e10)
+    ]
+    law, predicted = extrapolate_mixtures(mixtures, runs, 3e10, 6e11, ["a", "b", "c"])
+    truth = np.array([loss(r, 3e10, 6e11) for r in mixtures])
+    assert predicted["en"] == pytest.approx(truth, rel=0.01)
+    unseen = np.array([0.6, 0.2, 0.2])
+    assert law.predict(unseen)["en"][0] == pytest.approx(loss(unseen, 3e10, 6e11), rel=0.01)
