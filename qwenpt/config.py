@@ -106,6 +106,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     eval_interval: int = 50
     eval_steps: int = 4
+    # Also evaluate each data source (language) alone on its own validation split, the same samples
+    # whatever the mixture: what data-mixing laws are fitted on. Logged as metrics "per_source".
+    eval_per_source: bool = False
     run_dir: str = "runs/${model.name}"
     peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
 

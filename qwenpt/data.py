@@ -8,6 +8,7 @@ Datasets are megatron indexed datasets (``.bin``/``.idx``) blended by
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -93,6 +94,16 @@ def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int)
 def build_datasets(config: GPTDatasetConfig, num_samples: list[int]) -> list[Optional[Any]]:
     """[train, valid, test] datasets with at least ``num_samples`` samples each (0: not built)."""
     return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, config).build()
+
+
+def build_source_valid_sets(config: GPTDatasetConfig, blend: Blend, num_samples: int) -> dict[str, Any]:
+    """Each source's validation split on its own (``num_samples`` each): the samples depend only on the
+    source, the split and the seed, never on the blend weights, so losses compare across mixtures."""
+    out = {}
+    for name, prefix in zip(blend.names, blend.prefixes):
+        single = dataclasses.replace(config, blend=([prefix], [1.0]), blend_per_split=None)
+        out[name] = build_datasets(single, [0, num_samples, 0])[1]
+    return out
 
 
 class PretrainingSampler:

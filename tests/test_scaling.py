@@ -204,15 +204,26 @@ def test_cli_prints_the_fit_and_ends_with_json(tmp_path):
     assert r.returncode == 2 and "--n-col 'params' is not a column" in r.stderr
 
 
-def test_collect_reads_train_py_runs(tmp_path):
-    run = tmp_path / "run"
-    proc = run_train(run, "train.steps=6", "train.eval_interval=3", "checkpoint.save_interval=6", "optim.warmup_steps=2")
+def test_collect_reads_train_py_runs_with_per_source_validation(tmp_path):
+    """A real run on one prepared language with per-source evaluation: its per-source loss is the
+    blended one exactly (same samples), and collection turns metrics + config into table rows."""
+    from data_pipeline.prepare import PrepareConfig, prepare
+    from qwenpt.data import BUNDLED_TOKENIZER, SAMPLE_DIR
+
+    prepare(PrepareConfig(inputs=(str(SAMPLE_DIR / "de.jsonl.gz"),), output=str(tmp_path / "tok"),
+                          tokenizer=str(BUNDLED_TOKENIZER), progress=False))
+    run = tmp_path / "runs" / "run"
+    proc = run_train(run, "train.steps=6", "train.eval_interval=3", "checkpoint.save_interval=6", "optim.warmup_steps=2",
+                     "train.eval_per_source=true", f"data.blend=[{{prefix:{tmp_path / 'tok' / 'de'},weight:1.0}}]")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    table = collect_runs([tmp_path]).to_pylist()
-    assert [row["step"] for row in table] == [0, 3, 6] and [row["final"] for row in table] == [False, False, True]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     valid = [m for m in metrics if m["kind"] == "valid"]
+    assert [m["per_source"]["de"] for m in valid] == [m["loss"] for m in valid]
+
+    table = collect_runs([tmp_path / "runs"]).to_pylist()
+    assert [row["step"] for row in table] == [0, 3, 6] and [row["final"] for row in table] == [False, False, True]
     assert [row["valid_loss"] for row in table] == [m["loss"] for m in valid]
+    assert [row["valid_loss_de"] for row in table] == [m["loss"] for m in valid] and table[0]["mix_de"] == 1.0
     train = [m["loss"] for m in metrics if m["kind"] == "train"]
     assert table[1]["train_loss"] == pytest.approx(sum(train[:3]) / 3)
     from qwenpt.flops import training_flops_per_token

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from qwenpt import checkpoint, distributed
 from qwenpt.config import ConfigError, to_container, validate
-from qwenpt.data import build_datasets, dataset_config, load_tokenizer, make_loader, resolve_blend
+from qwenpt.data import build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader, resolve_blend
 from qwenpt.flops import peak_tflops, training_flops_per_token
 from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
@@ -118,6 +118,9 @@ class Trainer:
         self.train_ds, self.valid_ds, _ = build_datasets(
             ds_config, [t.steps * t.global_batch_size, t.eval_steps * t.global_batch_size, 0]
         )
+        self.source_valid = (
+            build_source_valid_sets(ds_config, self.blend, t.eval_steps * t.global_batch_size) if t.eval_per_source else {}
+        )
 
         chunks = build_model(cfg.model, cfg.parallel, self.dtype)
         self.model = wrap_ddp(chunks, cfg.parallel)
@@ -180,10 +183,12 @@ class Trainer:
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self, dataset: Any = None) -> float:
+        """Mean per-token loss over ``train.eval_steps`` global batches of ``dataset`` (default: the
+        blended validation set)."""
         for chunk in self.model:
             chunk.eval()
-        its = _iterators(self.model, self.valid_ds, 0, self.cfg.train.micro_batch_size, 0)
+        its = _iterators(self.model, self.valid_ds if dataset is None else dataset, 0, self.cfg.train.micro_batch_size, 0)
         total = []
         for _ in range(self.cfg.train.eval_steps):
             total += self.forward_backward(
@@ -261,7 +266,10 @@ class Trainer:
 
     def _log_eval(self, bar: Optional[tqdm] = None) -> None:
         loss = self.evaluate()
-        self.metrics.log({"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length})
+        record = {"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length}
+        if self.source_valid:
+            record["per_source"] = {name: self.evaluate(ds) for name, ds in self.source_valid.items()}
+        self.metrics.log(record)
         if self.rt.is_main:
             (bar.write if bar else print)(f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}")
 
