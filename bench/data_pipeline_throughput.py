@@ -103,7 +103,7 @@ def main() -> None:
     ratio = summary["pipeline"]["mb_per_s"] / summary["bare"]["mb_per_s"]
     ratio_fast = summary["pipeline"]["mb_per_s"] / summary["bare_fast"]["mb_per_s"]
     labels = {"bare": "bare Tokenizer.encode_batch", "bare_fast": "bare Tokenizer.encode_batch_fast", "pipeline": "data_pipeline prepare"}
-    print(f"corpus {args.corpus} ({summary['bare']['documents']} documents, {runs['bare'][0]['bytes'] / 1e6:.2f} MB), "
+    print(f"corpus {os.path.relpath(args.corpus, ROOT)} ({summary['bare']['documents']} documents, {runs['bare'][0]['bytes'] / 1e6:.2f} MB), "
           f"{os.cpu_count()} cores, median of {args.repeats}")
     print(f"{'':34s} {'seconds':>8s} {'MB/s':>7s} {'tokens/s':>10s} {'peak RSS MiB':>13s}")
     for m in modes:
@@ -114,7 +114,7 @@ def main() -> None:
         print(f"note: token totals differ (pipeline {summary['pipeline']['tokens']:,}, bare {summary['bare']['tokens']:,}): "
               "cleaning or dedup changed the text")
     result = {
-        "corpus": str(args.corpus), "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch,
+        "corpus": os.path.relpath(args.corpus, ROOT), "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch,
         "python": platform.python_version(), "machine": platform.machine(), **summary,
         "ratio_vs_encode_batch": ratio, "ratio_vs_encode_batch_fast": ratio_fast,
     }

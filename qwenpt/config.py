@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -76,6 +76,9 @@ class DataConfig:
     # Empty blend: use the bundled multilingual sample (tokenized into cache_dir on first use).
     blend: List[BlendEntry] = field(default_factory=list)
     tokenizer: Optional[str] = None  # tokenizer.json or a directory holding one; null: bundled
+    # Bundled sample only: share per language (e.g. {en: 0.5, zh-cn: 0.5}); languages left out are
+    # not trained on. Empty: every language, weighted by its tokens.
+    sample_weights: Dict[str, float] = field(default_factory=dict)
     seq_length: int = 256
     split: str = "95,5,0"  # train, valid, test shares of each dataset's documents
     cache_dir: str = "~/.cache/qwenpt"
@@ -283,6 +286,14 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
                 "or fix the path",
             )
         _check(entry.weight > 0, f"data.blend[{i}].weight must be positive, got {entry.weight}")
+    if d.sample_weights:
+        from qwenpt.data import sample_languages
+
+        _check(not d.blend, "data.sample_weights applies to the bundled sample only; with data.blend, set the blend weights")
+        langs = sample_languages()
+        for lang, w in d.sample_weights.items():
+            _check(lang in langs, f"data.sample_weights: {lang!r} is not a language of the bundled sample ({', '.join(langs)})")
+            _check(w > 0, f"data.sample_weights.{lang} must be positive, got {w}; leave the language out instead")
     if d.tokenizer is not None:
         tok = Path(d.tokenizer).expanduser()
         _check(

@@ -66,9 +66,21 @@ def prepare_sample(cache_dir: str | Path, tokenizer: TextTokenizer) -> Blend:
     )
 
 
+def sample_languages() -> list[str]:
+    return sorted(p.name.removesuffix(".jsonl.gz") for p in SAMPLE_DIR.glob("*.jsonl.gz"))
+
+
 def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:
     if not data.blend:
-        return prepare_sample(data.cache_dir, tokenizer)
+        blend = prepare_sample(data.cache_dir, tokenizer)
+        if not data.sample_weights:
+            return blend
+        keep = [i for i, name in enumerate(blend.names) if name in data.sample_weights]
+        return Blend(
+            prefixes=[blend.prefixes[i] for i in keep],
+            weights=[float(data.sample_weights[blend.names[i]]) for i in keep],
+            names=[blend.names[i] for i in keep],
+        )
     prefixes = [str(Path(e.prefix).expanduser()) for e in data.blend]
     return Blend(
         prefixes=prefixes, weights=[float(e.weight) for e in data.blend], names=[Path(p).name for p in prefixes]

@@ -38,6 +38,8 @@ def test_default_config_is_valid():
         (["+data.blend=[{prefix: /nonexistent/en_text_document, weight: 1.0}]"], 1,
          "data.blend[0].prefix: /nonexistent/en_text_document.bin does not exist"),
         (["data.tokenizer=/nonexistent/tok"], 1, "data.tokenizer: /nonexistent/tok is neither a tokenizer.json"),
+        (["+data.sample_weights.xx=1.0"], 1, "data.sample_weights: 'xx' is not a language of the bundled sample (de, en, es"),
+        (["+data.sample_weights.en=0.0"], 1, "data.sample_weights.en must be positive, got 0.0"),
     ],
 )
 def test_validation_names_the_field(overrides, world, message):

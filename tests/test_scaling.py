@@ -163,7 +163,7 @@ def test_olmo_ladder_fit_predicts_7b_and_13b_c4_loss():
             N.append(OLMO_N[size])
             D.append(d)
             L.append(loss)
-    fit = fit_loss_law(N, D, L)
+    fit = fit_loss_law(N, D, L, refine=4)  # the same optimum as refine=32 here, 20x faster
     errors = {}
     for k in ("0.5xC", "1xC", "2xC", "5xC", "10xC"):
         d, loss = _olmo_final(f"3B-{k}")
@@ -255,3 +255,10 @@ def test_mixture_laws_extrapolate_with_the_size_law():
     assert predicted["en"] == pytest.approx(truth, rel=0.01)
     unseen = np.array([0.6, 0.2, 0.2])
     assert law.predict(unseen)["en"][0] == pytest.approx(loss(unseen, 3e10, 6e11), rel=0.01)
+
+
+def test_bad_points_are_named():
+    with pytest.raises(ValueError, match=r"D must be positive and finite; rows \[2\] are \[0.0\]"):
+        fit_loss_law([1e6] * 6, [1e9, 2e9, 0.0, 4e9, 5e9, 6e9], [3.0] * 6)
+    with pytest.raises(ValueError, match="at least 5 points"):
+        fit_loss_law([1e6] * 4, [1e9] * 4, [3.0] * 4)

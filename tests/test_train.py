@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -55,12 +56,14 @@ def test_killed_run_resumes_step_for_step(tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
            "logging.wandb.mode=disabled", f"data.cache_dir={tmp_path / 'cache'}", *common]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group, killed whole (as a node failure would): megatron-core's checkpoint
+    # writer process must not outlive the test as an orphan
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "step_00000008"):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert latest.read_text().strip() == "step_00000008"
     killed_at = max(r["step"] for r in read_metrics(run_dir))

@@ -43,10 +43,21 @@ class LossLawFit:
     n_points: int
     intervals: dict = field(default_factory=dict)  # name -> (low, high) at `confidence`
     confidence: Optional[float] = None
+    samples: Optional[np.ndarray] = None  # bootstrap refits: rows of (E, A, B, alpha, beta)
 
     def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
+
+    def predict_band(self, N: np.ndarray | float, D: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile band of the prediction over the bootstrap refits, at the fit's confidence."""
+        if self.samples is None:
+            raise ValueError("no bootstrap samples: fit with bootstrap > 0")
+        N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
+        E, A, B, alpha, beta = self.samples.T
+        preds = E + A / N**alpha + B / D**beta
+        q = (1 - (self.confidence or 0.8)) / 2 * 100
+        return np.percentile(preds, q, axis=-1), np.percentile(preds, 100 - q, axis=-1)
 
     @property
     def a(self) -> float:
@@ -147,10 +158,17 @@ def fit_loss_law(
     refine: int = 32,
 ) -> LossLawFit:
     """Fit L(N, D); with ``bootstrap`` > 0, percentile intervals from refits on resampled points
-    (each refit starts from the full-data optimum and a coarse grid, which finds the same basin)."""
-    logN, logD, logL = (np.log(np.asarray(x, dtype=float)) for x in (N, D, L))
-    if not (len(logN) == len(logD) == len(logL)):
-        raise ValueError(f"N, D and L must have the same length, got {len(logN)}, {len(logD)}, {len(logL)}")
+    (each refit starts from the full-data optimum and a coarse grid, which finds the same basin).
+    ``refine``: how many of the best grid points L-BFGS starts from (4 finds the same optimum on the
+    tests' data in a tenth of the time)."""
+    N, D, L = (np.asarray(x, dtype=float) for x in (N, D, L))
+    if not (len(N) == len(D) == len(L)):
+        raise ValueError(f"N, D and L must have the same length, got {len(N)}, {len(D)}, {len(L)}")
+    for name, x in (("N", N), ("D", D), ("L", L)):
+        bad = np.flatnonzero(~(np.isfinite(x) & (x > 0)))
+        if len(bad):
+            raise ValueError(f"{name} must be positive and finite; rows {bad[:10].tolist()} are {x[bad[:10]].tolist()}")
+    logN, logD, logL = np.log(N), np.log(D), np.log(L)
     if len(logN) < 5:
         raise ValueError(f"fitting 5 parameters needs at least 5 points, got {len(logN)}")
     theta, val = _fit_once(logN, logD, logL, delta, grid_starts(grid), refine=refine)
@@ -170,4 +188,5 @@ def fit_loss_law(
         names = list(PARAMS) + ["a", "b"]
         fit.intervals = {k: (float(np.percentile(s[:, i], lo)), float(np.percentile(s[:, i], hi))) for i, k in enumerate(names)}
         fit.confidence = confidence
+        fit.samples = s[:, :5]
     return fit

@@ -5,7 +5,7 @@ the resolved Hydra config in ``.hydra/config.yaml``. Each evaluation becomes one
 parameter counts (total, embedding, non-embedding, active; from :mod:`qwenpt.models.size`), tokens
 seen, training FLOPs to that point (exact, :mod:`qwenpt.flops`), the validation loss, the mean
 training loss over the steps since the previous evaluation, the data mixture (``mix_<name>``
-shares) and whether it is the run's final evaluation.
+shares) and ``final``: the evaluation at the end of the run's schedule (an unfinished run has none).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _mixture(data: dict) -> dict[str, float]:
+    """Normalised shares per source: the blend's weights, or the bundled sample's ``sample_weights``;
+    empty for the sample's natural mixture (token counts, known only at run time)."""
     blend = data.get("blend") or []
-    if not blend:
-        return {}  # the bundled sample, natural weights (token counts), decided at run time
-    total = sum(float(e["weight"]) for e in blend)
-    return {Path(e["prefix"]).name: float(e["weight"]) / total for e in blend}
+    weights = {Path(e["prefix"]).name: float(e["weight"]) for e in blend} or dict(data.get("sample_weights") or {})
+    total = sum(weights.values())
+    return {k: v / total for k, v in weights.items()} if total else {}
 
 
 def run_rows(run_dir: Path) -> list[dict]:
@@ -55,8 +56,8 @@ def run_rows(run_dir: Path) -> list[dict]:
     seq = int(cfg["data"]["seq_length"])
     flops_per_token = training_flops_per_token(model, seq)
     mix = _mixture(cfg["data"])
+    steps = int(cfg["train"]["steps"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    valid = [r for r in records if r["kind"] == "valid"]
     rows, pending = [], []
     for r in records:
         if r["kind"] == "train":
@@ -76,7 +77,7 @@ def run_rows(run_dir: Path) -> list[dict]:
                 "flops": float(flops_per_token * r["tokens"]),
                 "valid_loss": float(r["loss"]),
                 "train_loss": float(sum(pending) / len(pending)) if pending else None,
-                "final": r is valid[-1],
+                "final": int(r["step"]) == steps,  # the run reached the end of its schedule
                 **{f"mix_{k}": v for k, v in mix.items()},
                 **{f"valid_loss_{k}": float(v) for k, v in (r.get("per_source") or {}).items()},
             }
