@@ -190,6 +190,50 @@ def _restore_adam_steps(optimizer: Any, state: dict) -> None:
                 param_state["step"] = torch.tensor(float(groups[0]["step"]), dtype=param_state["step"].dtype)
 
 
+def save_model(path: str | Path, model: list, run_config: Optional[str] = None) -> Path:
+    """Write the model's weights alone (a seed checkpoint) to ``path``, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp_{path.name}")
+    if _rank0():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    state = _sharded_state_dict(model, None, with_rng=False, is_loading=False)
+    state["progress"] = {"step": 0, "layout": _layout(), "weights_only": True}
+    dist_checkpointing.save(state, str(tmp))
+    _barrier()
+    if _rank0():
+        if run_config is not None:
+            (tmp / "run_config.yaml").write_text(run_config)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    _barrier()
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory from a path to one, or to a checkpoints root (its latest)."""
+    path = Path(path).expanduser()
+    if (path / "metadata.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint (no metadata.json) nor a directory of checkpoints")
+    return latest
+
+
+@torch.no_grad()
+def load_model(path: str | Path, model: list) -> Path:
+    """Load only the model weights from any checkpoint (full or seed), whatever layout wrote it:
+    dist_checkpointing reshards across TP/PP/VPP/EP. Returns the checkpoint directory read."""
+    path = resolve(path)
+    state = _sharded_state_dict(model, None, with_rng=False, is_loading=True)
+    loaded = dist_checkpointing.load(state, str(path))
+    for i, chunk in enumerate(model):
+        _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
+    return path
+
+
 @torch.no_grad()  # state is copied in place into parameters (and, for fp32, views of them)
 def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``path``; returns its progress record."""

@@ -7,6 +7,7 @@ types cannot (divisibility of heads by TP, batch arithmetic, files that must exi
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -114,6 +115,11 @@ class TrainConfig:
     eval_per_source: bool = False
     run_dir: str = "runs/${model.name}"
     peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
+    # Checkpoint and exit cleanly after the current step when this signal reaches a training process,
+    # or when stop_file appears (what slurm/*.sh does on Slurm's --signal before the time limit or
+    # preemption, then requeues; the requeued job resumes). null disables either.
+    exit_signal: Optional[str] = "SIGUSR1"
+    stop_file: Optional[str] = "${train.run_dir}/STOP"
 
 
 @dataclass
@@ -140,6 +146,13 @@ class CheckpointConfig:
     # distributed optimizer state on disk: dp_reshardable (fully parallel; reload at any DP size)
     # or fully_reshardable (gathered to canonical per-parameter form; reload at any TP/PP/DP layout)
     optim_sharding: str = "dp_reshardable"
+    # Start from these weights (a checkpoint directory, or a checkpoints root: its latest) when the run
+    # has no checkpoint of its own; any TP/PP/VPP/EP layout can read any other's. Weights only.
+    init_from: Optional[str] = None
+    # Initialise the model in one process, save it to <dir>/seed and exit. Runs in any layout started
+    # with init_from=<dir>/seed then begin from the same weights (layers built on different pipeline
+    # stages or expert ranks are otherwise initialised from different random streams).
+    create_seed: bool = False
 
 
 @dataclass
@@ -213,6 +226,12 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
         )
     if parallel.sequence_parallel:
         _check(tp > 1, "parallel.sequence_parallel needs tensor_model_parallel_size > 1")
+    if m.num_experts is not None and tp > 1:
+        _check(
+            parallel.sequence_parallel,
+            f"an MoE model with parallel.tensor_model_parallel_size {tp} needs parallel.sequence_parallel=true "
+            "(megatron-core's MoE layers train with TP only under sequence parallelism)",
+        )
     _check(
         parallel.moe_token_dispatcher_type in ("allgather", "alltoall"),
         f"parallel.moe_token_dispatcher_type {parallel.moe_token_dispatcher_type!r} must be allgather or alltoall",
@@ -257,13 +276,19 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
     )
     _check(t.steps > 0, f"train.steps must be positive, got {t.steps}")
     _check(t.precision in ("auto", "fp32", "bf16"), f"train.precision {t.precision!r} must be auto, fp32 or bf16")
+    if t.exit_signal is not None:
+        _check(
+            isinstance(getattr(signal, t.exit_signal, None), signal.Signals),
+            f"train.exit_signal {t.exit_signal!r} is not a signal name (e.g. SIGUSR1, SIGTERM); null disables it",
+        )
     _check(
         d.seq_length <= cfg.model.max_position_embeddings,
         f"data.seq_length {d.seq_length} exceeds model.max_position_embeddings {cfg.model.max_position_embeddings}",
     )
     _check(
-        d.seq_length % p.context_parallel_size == 0,
-        f"data.seq_length {d.seq_length} is not divisible by parallel.context_parallel_size {p.context_parallel_size}",
+        d.seq_length % (2 * p.context_parallel_size) == 0,
+        f"data.seq_length {d.seq_length} is not divisible by 2 x parallel.context_parallel_size "
+        f"{p.context_parallel_size} (context parallelism splits each sequence into 2 x CP chunks)",
     )
     if p.sequence_parallel:
         _check(
@@ -304,6 +329,18 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
         cfg.checkpoint.optim_sharding in ("dp_reshardable", "fully_reshardable"),
         f"checkpoint.optim_sharding {cfg.checkpoint.optim_sharding!r} must be dp_reshardable or fully_reshardable",
     )
+    if cfg.checkpoint.create_seed:
+        _check(
+            world_size == 1,
+            f"checkpoint.create_seed initialises the whole model in one process; run it without torchrun "
+            f"(world size is {world_size})",
+        )
+    if cfg.checkpoint.init_from is not None:
+        src = Path(cfg.checkpoint.init_from).expanduser()
+        _check(
+            (src / "metadata.json").is_file() or (src / "latest").is_file() or any(src.glob("step_*/metadata.json")),
+            f"checkpoint.init_from: {src} is neither a checkpoint (no metadata.json) nor a directory of checkpoints",
+        )
     _check(
         cfg.logging.wandb.mode in ("offline", "online", "disabled"),
         f"logging.wandb.mode {cfg.logging.wandb.mode!r} must be offline, online or disabled",

@@ -13,7 +13,10 @@ imports. Rather than patch call sites one by one, this module installs, once:
 2. CPU stand-ins for the ``torch.cuda`` functions megatron calls (device index, streams,
    events, synchronize, NVTX, memory stats, RNG state), with the CUDA RNG mapped onto the CPU
    generator so megatron's tensor-parallel RNG forks keep their meaning;
-3. ``te_general_gemm = None`` in megatron's MoE utils, so its own non-TE branch runs.
+3. ``te_general_gemm = None`` in megatron's MoE utils, so its own non-TE branch runs;
+4. the alltoall token dispatcher's device-to-host copy of its split sizes: megatron's
+   ``maybe_move_tensor_to_cpu`` returns numpy (which ``all_to_all_single`` takes as a sequence) only
+   for a CUDA tensor, so on the CPU the sizes would stay tensors and gloo's all-to-all rejects them.
 
 It is applied explicitly at start-up by :func:`qwenpt.distributed.initialize` and only when
 ``torch.cuda.is_available()`` is False; on a GPU it is never installed. ``torch.cuda.is_available()``
@@ -118,6 +121,13 @@ def _noop() -> Any:
     return noop
 
 
+def _host_copy(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+    """``maybe_move_tensor_to_cpu`` for tensors already on the CPU: honour ``as_numpy``."""
+    if as_numpy and torch.is_tensor(tensor):
+        return tensor.numpy()
+    return tensor
+
+
 def install() -> bool:
     """Install the CPU layer if CUDA is absent. Idempotent; returns whether it is active."""
     global _installed
@@ -147,12 +157,13 @@ def install() -> bool:
     cuda.manual_seed_all = _noop()  # torch.manual_seed calls it; the CPU generator is already seeded
 
     from megatron.core.tensor_parallel import random as mcore_random
-    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
     mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
+    token_dispatcher.maybe_move_tensor_to_cpu = _host_copy
 
     _CudaDevicesToCpu().__enter__()  # stays active for the life of the process
     _installed = True

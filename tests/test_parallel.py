@@ -1,4 +1,9 @@
-"""Data parallelism under torchrun (gloo on CPU) gives the single-process losses."""
+"""Every parallel layout trains the same model as one process: same per-step losses (fp32, rel 1e-5).
+
+All runs start from one seed checkpoint (``checkpoint.create_seed``), so layers built on different
+pipeline stages or expert ranks hold the same weights; runs of one world size share a launch
+(tests/layouts_worker.py) to save start-up time.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,34 @@ import pytest
 from conftest import ROOT, run_train
 from qwenpt.metrics import read_metrics
 
-COMMON = ["train.steps=5", "optim.warmup_steps=1", "train.eval_interval=5", "checkpoint.save_interval=5"]
+LAYOUT_COMMON = [
+    "logging.progress=false", "logging.wandb.mode=disabled", "train.steps=5", "optim.warmup_steps=1",
+    "train.eval_interval=5", "train.eval_steps=2", "checkpoint.save_interval=100",
+]
+TP2_SP = ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"]
+VPP2 = ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2",
+        "train.micro_batch_size=4"]
+EP2 = ["parallel.expert_model_parallel_size=2"]
+ALLTOALL = ["parallel.moe_token_dispatcher_type=alltoall"]
+# name: (model, world size, overrides, the layout the run must log)
+LAYOUTS = {
+    "dp2": ("tiny", 2, [], "tp 1 x pp 1 x cp 1 x dp 2"),
+    "tp2": ("tiny", 2, ["parallel.tensor_model_parallel_size=2"], "tp 2 x pp 1 x cp 1 x dp 1"),
+    "tp2_sp": ("tiny", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
+    "pp2": ("tiny", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
+    "pp2_vpp2": ("tiny", 2, VPP2, "tp 1 x pp 2 (x2 virtual) x cp 1 x dp 1"),
+    "cp2": ("tiny", 2, ["parallel.context_parallel_size=2"], "tp 1 x pp 1 x cp 2 x dp 1"),
+    "moe_ep2_allgather": ("tiny_moe", 2, EP2, "x dp 2, experts ep 2 x etp 1, allgather"),
+    "moe_ep2_alltoall": ("tiny_moe", 2, EP2 + ALLTOALL, "x dp 2, experts ep 2 x etp 1, alltoall"),
+    "moe_tp2_sp": ("tiny_moe", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1, experts ep 1 x etp 2"),
+    "tp2_sp_pp2_vpp2": ("tiny", 4, TP2_SP + VPP2, "tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1"),
+    "moe_tp2_sp_ep2_etp1_alltoall_distopt": (
+        "tiny_moe", 4,
+        TP2_SP + EP2 + ALLTOALL + ["parallel.expert_tensor_parallel_size=1", "parallel.use_distributed_optimizer=true"],
+        "tp 2 (sp) x pp 1 x cp 1 x dp 2, experts ep 2 x etp 1, alltoall, distributed optimizer",
+    ),
+    "moe_tp2_sp_ep2_etp2_allgather": ("tiny_moe", 4, TP2_SP + EP2, "x dp 2, experts ep 2 x etp 2, allgather"),
+}
 
 
 def run_torchrun(nproc: int, run_dir, *overrides: str) -> subprocess.CompletedProcess:
@@ -25,17 +57,53 @@ def run_torchrun(nproc: int, run_dir, *overrides: str) -> subprocess.CompletedPr
                           cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def _launch(out, nproc: int, runs: dict[str, list[str]]) -> dict[str, str]:
+    """Run ``runs`` in one launch; returns each run's share of the output."""
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    specs = [f"{name}={','.join(overrides)}" for name, overrides in runs.items()]
+    proc = subprocess.run(
+        [*launcher, str(ROOT / "tests" / "layouts_worker.py"), str(out), *specs],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    logs = {}
+    for part in proc.stdout.split("=== run ")[1:]:
+        name, _, text = part.partition("\n")
+        logs[name] = logs.get(name, "") + text
+    return logs
+
+
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("layouts")
+    common = [*LAYOUT_COMMON, f"data.cache_dir={out / 'cache'}"]
+    seeds = {m: out / f"seed_{m}" / "checkpoints" / "seed" for m in ("tiny", "tiny_moe")}
+    start = {m: [*common, f"model={m}", f"checkpoint.init_from={seeds[m]}"] for m in seeds}
+    _launch(out, 1, {
+        **{f"seed_{m}": [*common, f"model={m}", "checkpoint.create_seed=true"] for m in seeds},
+        **{f"single_{m}": start[m] for m in seeds},
+    })
+    logs = {}
+    for nproc in (2, 4):
+        logs.update(_launch(out, nproc, {name: start[m] + o for name, (m, n, o, _) in LAYOUTS.items() if n == nproc}))
+    return out, logs
+
+
 @pytest.mark.slow
-def test_data_parallel_matches_single_process(tmp_path):
-    single = run_train(tmp_path / "single", *COMMON)
-    assert single.returncode == 0, single.stdout[-3000:]
-    dp2 = run_torchrun(2, tmp_path / "dp2", *COMMON)
-    assert dp2.returncode == 0, dp2.stdout[-3000:]
-    assert "dp 2; global batch 16 = micro 8 x 1 micro-batches x dp 2" in dp2.stdout
-    a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dp2")
-    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
-    for x, y in zip(a, b):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (x, y)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process(layout_runs, layout):
+    out, logs = layout_runs
+    model, _, _, described = LAYOUTS[layout]
+    assert described in logs[layout]  # the layout really ran (rank 0 logs it)
+    ref, got = read_metrics(out / f"single_{model}"), read_metrics(out / layout)
+    assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in ref]
+    assert len(ref) == 7  # valid@0, five train steps, valid@5
+    for x, y in zip(ref, got):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (layout, x, y)
+    # the reference itself trains: the loss falls over the five steps
+    assert ref[-1]["loss"] < ref[0]["loss"] - 0.2
 
 
 @pytest.mark.slow
@@ -49,6 +117,7 @@ def test_distributed_optimizer_matches_and_resumes_exactly(tmp_path):
     run_dir = tmp_path / "dp2"
     full = run_torchrun(2, run_dir, *common)
     assert full.returncode == 0, full.stdout[-3000:]
+    assert "dp 2; global batch 16 = micro 8 x 1 micro-batches x dp 2" in full.stdout
     uninterrupted = [(r["kind"], r["step"], r["loss"]) for r in read_metrics(run_dir)]
     for x, (_, _, loss) in zip(read_metrics(tmp_path / "single"), uninterrupted):
         assert loss == pytest.approx(x["loss"], rel=1e-5)

@@ -4,6 +4,11 @@ megatron-core's local ``DotProductAttention`` materialises the [b, heads, s, s] 
 Without Transformer Engine, this module takes its place in the local layer spec: same
 constructor, same [s, b, heads, dim] tensors in and [s, b, hidden] out, causal, GQA without
 repeating K/V, and whatever fused kernel torch picks (flash / memory-efficient / CPU flash).
+
+Context parallelism (what TE's attention does on GPUs) is here too, in its all-gather form
+(as in Llama 3's training): megatron-core gives each of the CP ranks two of 2 x CP sequence
+chunks (i and 2 x CP - 1 - i, so causal work is balanced); K and V are gathered from the CP
+group, and each local query chunk attends causally to every key up to its own position.
 """
 
 from __future__ import annotations
@@ -13,11 +18,40 @@ import math
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.nn.attention.bias import causal_lower_right
+
+
+class _GatherContextParallel(torch.autograd.Function):
+    """All-gather [b, h, s_local, d] from the CP group into [cp, b, h, s_local, d]; the backward
+    sums every rank's gradient and keeps this rank's part (gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(group.size())]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.group.rank()], None
+
+
+def _full_sequence(local: torch.Tensor, group: Any) -> torch.Tensor:
+    """This rank's two chunks [b, h, 2L, d] -> the whole sequence [b, h, 2 x CP x L, d], in order."""
+    cp = group.size()
+    parts = _GatherContextParallel.apply(local, group)  # [cp, b, h, 2L, d]
+    halves = parts.unflatten(3, (2, -1))  # [cp, b, h, 2, L, d]
+    chunks = [halves[c, :, :, 0] if c < cp else halves[2 * cp - 1 - c, :, :, 1] for c in range(2 * cp)]
+    return torch.cat(chunks, dim=2)
 
 
 class SDPAttention(MegatronModule):
@@ -33,10 +67,7 @@ class SDPAttention(MegatronModule):
         pg_collection: Any = None,
     ) -> None:
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError(
-                "context parallelism needs Transformer Engine's attention (install the `gpu` extra on a GPU)"
-            )
+        self.cp_group = parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
         if attn_mask_type != AttnMaskType.causal:
             raise ValueError(f"SDPAttention supports causal masks only, got {attn_mask_type}")
         self.head_dim = config.kv_channels
@@ -60,11 +91,30 @@ class SDPAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout = self.dropout if self.training else 0.0
         ctx = tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else contextlib.nullcontext()
+        gqa = k.shape[1] != heads
         with ctx:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale,
-                enable_gqa=k.shape[1] != heads,
-            )
+            if self.cp_group is None:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale, enable_gqa=gqa
+                )
+            else:
+                out = self._context_parallel(q, k, v, dropout, gqa)
         # [b, h, s, d] -> [s, b, h*d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 
+
+    def _context_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, gqa: bool) -> torch.Tensor:
+        cp, rank = self.cp_group.size(), self.cp_group.rank()
+        k_all, v_all = _full_sequence(k, self.cp_group), _full_sequence(v, self.cp_group)
+        chunk = q.shape[2] // 2
+        outs = []
+        for half, c in enumerate((rank, 2 * cp - 1 - rank)):  # the global indices of the local chunks
+            end = (c + 1) * chunk  # keys up to the end of this chunk; causal within it (lower right)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, half * chunk:(half + 1) * chunk], k_all[:, :, :end], v_all[:, :, :end],
+                    attn_mask=causal_lower_right(chunk, end), dropout_p=dropout, scale=self.softmax_scale,
+                    enable_gqa=gqa,
+                )
+            )
+        return torch.cat(outs, dim=2)

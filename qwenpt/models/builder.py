@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import megatron.core
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
+from packaging.version import Version
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
 )
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
+from qwenpt.models.norm import RMSNorm
 
 
 def use_transformer_engine() -> bool:
@@ -27,6 +31,19 @@ def use_transformer_engine() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _aux_loss_layout_factor(parallel: Any) -> int:
+    """Undo megatron-core <= 0.16's TP/CP-dependent weight of the MoE load-balancing loss.
+
+    With per-token loss, megatron-core scales each rank's aux loss by its *local* token count, and
+    the rank sees 1/(TP x CP) of the sequence under sequence/context parallelism, so the aux loss
+    gradient shrinks by TP x CP against one device (fixed upstream in Megatron-LM PR #5047, after
+    0.16). Multiplying the coefficient back makes every layout train the same model.
+    """
+    if Version(megatron.core.__version__) >= Version("0.17"):
+        return 1
+    return parallel.tensor_model_parallel_size * parallel.context_parallel_size
 
 
 def transformer_config(
@@ -62,7 +79,7 @@ def transformer_config(
         moe_router_topk=model.moe_router_topk if moe else 2,
         moe_router_pre_softmax=moe and not model.moe_norm_topk_prob,
         moe_router_load_balancing_type="aux_loss",
-        moe_aux_loss_coeff=model.moe_aux_loss_coeff if moe else 0.0,
+        moe_aux_loss_coeff=model.moe_aux_loss_coeff * _aux_loss_layout_factor(parallel) if moe else 0.0,
         moe_shared_expert_intermediate_size=model.moe_shared_expert_ffn_hidden_size if moe else None,
         moe_shared_expert_gate=moe and model.moe_shared_expert_ffn_hidden_size is not None,
         moe_token_dispatcher_type=parallel.moe_token_dispatcher_type,
@@ -75,6 +92,11 @@ def transformer_config(
         expert_model_parallel_size=parallel.expert_model_parallel_size,
         expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
+        # interleaved pipelines overlap their p2p with compute, as Megatron-LM does by default; the
+        # unbatched p2p path is also the one that keeps messages ordered when PP=2 (both neighbours
+        # are the same rank: batched isend/irecv would pair a gradient with an activation)
+        overlap_p2p_comm=parallel.virtual_pipeline_model_parallel_size is not None,
+        batch_p2p_comm=parallel.virtual_pipeline_model_parallel_size is None,
         recompute_granularity=parallel.recompute_granularity,
         recompute_method="uniform" if parallel.recompute_granularity == "full" else None,
         recompute_num_layers=parallel.recompute_num_layers if parallel.recompute_granularity == "full" else None,
@@ -101,7 +123,19 @@ def layer_spec(model: Any) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec(num_experts=moe, moe_grouped_gemm=moe is not None)
     spec = get_gpt_layer_local_spec(num_experts=moe, normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
     return spec
+
+
+def block_spec(model: Any, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec | TransformerBlockSubmodules:
+    """The decoder of one model chunk: its layers and, without TE, a final norm that supports SP."""
+    spec = layer_spec(model)
+    if use_transformer_engine():
+        return spec
+    return TransformerBlockSubmodules(
+        layer_specs=[spec] * get_num_layers_to_build(config, vp_stage=vp_stage), layer_norm=RMSNorm
+    )
 
 
 def build_model(
@@ -116,7 +150,6 @@ def build_model(
     megatron-core's parallel state must be initialised (see :mod:`qwenpt.distributed`).
     """
     config = transformer_config(model, parallel, dtype, perform_initialization=perform_initialization)
-    spec = layer_spec(model)
     vpp = parallel.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
@@ -124,7 +157,7 @@ def build_model(
         chunks.append(
             GPTModel(
                 config=config,
-                transformer_layer_spec=spec,
+                transformer_layer_spec=block_spec(model, config, stage),
                 vocab_size=model.vocab_size,
                 max_sequence_length=model.max_position_embeddings,
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),

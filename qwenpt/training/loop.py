@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_batch_on_this_cp_rank
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -32,6 +34,56 @@ def resolve_dtype(precision: str) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+class StopRequest:
+    """A request to checkpoint and exit: a signal on any rank, or the stop file (checked by rank 0).
+    Every rank learns of it at the same step boundary (a one-integer all-reduce per step)."""
+
+    def __init__(self, signal_name: Optional[str], stop_file: Optional[str], device: torch.device, is_main: bool) -> None:
+        self.received: Optional[str] = None
+        self.device = device
+        self.stop_file = Path(stop_file) if stop_file and is_main else None
+        if signal_name is not None:
+            signal.signal(getattr(signal, signal_name), self._on_signal)
+        if self.stop_file is not None and self.stop_file.exists():
+            log.warning("removing a stop file left by an earlier run: %s", self.stop_file)
+            self.stop_file.unlink()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def requested(self) -> Optional[str]:
+        """The reason to stop, known on every rank; None to go on."""
+        local = 0
+        if self.received is not None:
+            local = 1
+        elif self.stop_file is not None and self.stop_file.exists():
+            local = 2
+        flag = torch.tensor([local], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return {0: None, 1: "signal", 2: "stop file"}[int(flag.item())]
+
+    def clear(self) -> None:
+        if self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)
+
+
+def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
+    """'tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1, experts ep 2 x etp 1, alltoall', as the logs say it."""
+    p = parallel
+    text = (
+        f"tp {p.tensor_model_parallel_size}{' (sp)' if p.sequence_parallel else ''} x "
+        f"pp {p.pipeline_model_parallel_size}"
+        f"{f' (x{p.virtual_pipeline_model_parallel_size} virtual)' if p.virtual_pipeline_model_parallel_size else ''}"
+        f" x cp {p.context_parallel_size} x dp {dp}"
+    )
+    if moe:
+        etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+        text += f", experts ep {p.expert_model_parallel_size} x etp {etp}, {p.moe_token_dispatcher_type}"
+    if p.use_distributed_optimizer:
+        text += ", distributed optimizer"
+    return text
 
 
 def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
@@ -61,11 +113,16 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
 
 
+_SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
 def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module):
     inner = getattr(model, "module", model)
     if data_iterator is None:  # a middle pipeline stage: activations come from the previous stage
         return model(None, None, None), partial(loss_func, None)
-    batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
+    sample = next(data_iterator)
+    # context parallel: this rank's 2 of the 2 x CP chunks of every sequence
+    batch = get_batch_on_this_cp_rank({k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS})
     labels = batch["labels"] if inner.post_process else None
     output = model(batch["tokens"], batch["position_ids"], None, labels=labels)
     return output, partial(loss_func, batch["loss_mask"])
@@ -138,7 +195,12 @@ class Trainer:
             progress = checkpoint.load(latest, self.model, self.optimizer, self.scheduler)
             self.step, self.consumed = progress["step"], progress["consumed_samples"]
             log.info("resumed from %s at step %d (%d samples consumed)", latest, self.step, self.consumed)
+        elif cfg.checkpoint.init_from is not None:
+            source = checkpoint.load_model(cfg.checkpoint.init_from, self.model)
+            self.optimizer.reload_model_params()  # the optimizer's fp32 main copies (bf16 runs) follow
+            log.info("initialised weights from %s", source)
 
+        self.stop = StopRequest(t.exit_signal, t.stop_file, self.rt.device, self.rt.is_main)
         counts = param_counts(cfg.model)
         self.flops_per_token = training_flops_per_token(cfg.model, d.seq_length)
         self.peak = peak_tflops(t.peak_tflops)
@@ -153,10 +215,9 @@ class Trainer:
                 "Transformer Engine" if use_transformer_engine() else "SDPA", str(self.dtype).removeprefix("torch."),
             )
             log.info(
-                "world %d = tp %d x pp %d x cp %d x dp %d; global batch %d = micro %d x %d micro-batches x dp %d; "
+                "world %d = %s; global batch %d = micro %d x %d micro-batches x dp %d; "
                 "%d tokens/step; data: %d sources, %d train / %d valid samples of %d tokens",
-                self.rt.world_size, cfg.parallel.tensor_model_parallel_size,
-                cfg.parallel.pipeline_model_parallel_size, cfg.parallel.context_parallel_size, self.dp,
+                self.rt.world_size, describe_layout(cfg.parallel, self.dp, cfg.model.num_experts is not None),
                 t.global_batch_size, t.micro_batch_size, self.num_micro, self.dp,
                 t.global_batch_size * d.seq_length, len(self.blend.prefixes), len(self.train_ds),
                 len(self.valid_ds), d.seq_length,
@@ -259,8 +320,20 @@ class Trainer:
                 window_loss, window_time, window_steps = 0.0, 0.0, 0
             if self.step % t.eval_interval == 0 or self.step == t.steps:
                 self._log_eval(bar)
-            if self.step % cfg.checkpoint.save_interval == 0 or self.step == t.steps:
+            saved = self.step % cfg.checkpoint.save_interval == 0 or self.step == t.steps
+            if saved:
                 self.save()
+            reason = self.stop.requested() if self.step < t.steps else None
+            if reason is not None:
+                if not saved:
+                    self.save()
+                self.stop.clear()
+                bar.close()
+                log.info(
+                    "stopped at step %d of %d on request (%s): checkpoint saved; the same command resumes",
+                    self.step, t.steps, reason,
+                )
+                return dict(last, stopped=reason)
         bar.close()
         return last
 
@@ -277,8 +350,25 @@ class Trainer:
         self.metrics.close()
 
 
+def create_seed(cfg: DictConfig) -> Path:
+    """Initialise the model once, in one process, and save its weights for runs in any layout."""
+    validate(cfg, distributed.world_size_from_env())
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
+    distributed.initialize(cfg.parallel, cfg.train.seed)
+    chunks = build_model(cfg.model, cfg.parallel, resolve_dtype(cfg.train.precision))
+    root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.train.run_dir) / "checkpoints"
+    path = checkpoint.save_model(root / "seed", chunks, run_config=OmegaConf.to_yaml(cfg, resolve=True))
+    log.info(
+        "seed checkpoint of %s (%.3fM parameters) written to %s; start runs in any layout with "
+        "checkpoint.init_from=%s", cfg.model.name, param_counts(cfg.model).total / 1e6, path, path,
+    )
+    return path
+
+
 def run(cfg: DictConfig) -> dict:
     """Train as configured; returns the last step's train metrics."""
+    if cfg.checkpoint.create_seed:
+        return {"seed_checkpoint": str(create_seed(cfg))}
     trainer = Trainer(cfg)
     try:
         return trainer.fit()
