@@ -62,8 +62,11 @@ class ParallelConfig:
     moe_token_dispatcher_type: str = "allgather"  # allgather | alltoall
     recompute_granularity: Optional[str] = None  # null | selective | full
     recompute_num_layers: int = 1
-    overlap_grad_reduce: bool = False
-    overlap_param_gather: bool = False
+    overlap_grad_reduce: bool = False  # bucketed gradient all-reduce / reduce-scatter during backward
+    overlap_param_gather: bool = False  # distributed optimizer: parameter all-gather during forward
+    # weight gradients accumulated straight into fp32 main_grad by a fused GEMM (GPU, needs Transformer
+    # Engine or apex's fused_weight_gradient_mlp_cuda)
+    gradient_accumulation_fusion: bool = False
 
 
 @dataclass
@@ -236,6 +239,16 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
         parallel.moe_token_dispatcher_type in ("allgather", "alltoall"),
         f"parallel.moe_token_dispatcher_type {parallel.moe_token_dispatcher_type!r} must be allgather or alltoall",
     )
+    if parallel.overlap_param_gather:
+        _check(parallel.use_distributed_optimizer, "parallel.overlap_param_gather needs parallel.use_distributed_optimizer=true")
+    if parallel.gradient_accumulation_fusion:
+        from qwenpt.models.builder import gradient_accumulation_fusion_available
+
+        _check(
+            gradient_accumulation_fusion_available(),
+            "parallel.gradient_accumulation_fusion needs a GPU with Transformer Engine or apex "
+            "(fused_weight_gradient_mlp_cuda); set it to false here",
+        )
     _check(
         parallel.recompute_granularity in (None, "selective", "full"),
         f"parallel.recompute_granularity {parallel.recompute_granularity!r} must be null, selective or full",
@@ -255,8 +268,10 @@ def data_parallel_size(parallel: Any, world_size: int) -> int:
     return world_size // model_parallel
 
 
-def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
-    """Check everything a run needs before any process group, model or dataset is created."""
+def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = True) -> None:
+    """Check everything a run needs before any process group, model or dataset is created
+    (``check_files=False``: not the data, tokenizer and checkpoint paths, as the planner runs away
+    from the cluster's file systems)."""
     validate_model(cfg.model, cfg.parallel)
     p, t, o, d = cfg.parallel, cfg.train, cfg.optim, cfg.data
     dp = data_parallel_size(p, world_size)
@@ -303,7 +318,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
     _check(0 <= o.min_lr <= o.lr, f"optim.min_lr {o.min_lr} must be between 0 and optim.lr {o.lr}")
     _check(0 <= o.warmup_steps <= t.steps, f"optim.warmup_steps {o.warmup_steps} must be between 0 and train.steps {t.steps}")
     for i, entry in enumerate(d.blend):
-        for ext in (".bin", ".idx"):
+        for ext in (".bin", ".idx") if check_files else ():
             path = Path(f"{entry.prefix}{ext}").expanduser()
             _check(
                 path.is_file(),
@@ -319,7 +334,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
         for lang, w in d.sample_weights.items():
             _check(lang in langs, f"data.sample_weights: {lang!r} is not a language of the bundled sample ({', '.join(langs)})")
             _check(w > 0, f"data.sample_weights.{lang} must be positive, got {w}; leave the language out instead")
-    if d.tokenizer is not None:
+    if d.tokenizer is not None and check_files:
         tok = Path(d.tokenizer).expanduser()
         _check(
             tok.is_file() or (tok / "tokenizer.json").is_file(),
@@ -335,7 +350,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1) -> None:
             f"checkpoint.create_seed initialises the whole model in one process; run it without torchrun "
             f"(world size is {world_size})",
         )
-    if cfg.checkpoint.init_from is not None:
+    if cfg.checkpoint.init_from is not None and check_files:
         src = Path(cfg.checkpoint.init_from).expanduser()
         _check(
             (src / "metadata.json").is_file() or (src / "latest").is_file() or any(src.glob("step_*/metadata.json")),

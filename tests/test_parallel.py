@@ -29,10 +29,15 @@ ALLTOALL = ["parallel.moe_token_dispatcher_type=alltoall"]
 # name: (model, world size, overrides, the layout the run must log)
 LAYOUTS = {
     "dp2": ("tiny", 2, [], "tp 1 x pp 1 x cp 1 x dp 2"),
+    "dp2_distopt_overlap": ("tiny", 2, ["parallel=distopt"], "tp 1 x pp 1 x cp 1 x dp 2, distributed optimizer"),
     "tp2": ("tiny", 2, ["parallel.tensor_model_parallel_size=2"], "tp 2 x pp 1 x cp 1 x dp 1"),
     "tp2_sp": ("tiny", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
     "pp2": ("tiny", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
     "pp2_vpp2": ("tiny", 2, VPP2, "tp 1 x pp 2 (x2 virtual) x cp 1 x dp 1"),
+    "pp2_selective_recompute": ("tiny", 2, ["parallel.pipeline_model_parallel_size=2", "parallel.recompute_granularity=selective"],
+                                "tp 1 x pp 2 x cp 1 x dp 1, selective recompute"),
+    "tp2_sp_full_recompute": ("tiny", 2, TP2_SP + ["parallel.recompute_granularity=full"],
+                              "tp 2 (sp) x pp 1 x cp 1 x dp 1, full recompute"),
     "cp2": ("tiny", 2, ["parallel.context_parallel_size=2"], "tp 1 x pp 1 x cp 2 x dp 1"),
     "moe_ep2_allgather": ("tiny_moe", 2, EP2, "x dp 2, experts ep 2 x etp 1, allgather"),
     "moe_ep2_alltoall": ("tiny_moe", 2, EP2 + ALLTOALL, "x dp 2, experts ep 2 x etp 1, alltoall"),

@@ -47,15 +47,64 @@ def _losses(run_dir):
     return [(r["kind"], r["step"], r["loss"]) for r in read_metrics(run_dir)]
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_step_for_step(tmp_path):
-    common = ["train.steps=16", "optim.warmup_steps=4", "train.eval_interval=8", "checkpoint.save_interval=8"]
-    reference = run_train(tmp_path / "reference", *common)
-    assert reference.returncode == 0, reference.stdout[-3000:]
+RESUME = ["train.steps=16", "optim.warmup_steps=4", "train.eval_interval=8", "checkpoint.save_interval=8"]
 
+
+@pytest.fixture(scope="module")
+def reference16(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_train(run_dir, *RESUME)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return run_dir
+
+
+def _train_cmd(run_dir, *overrides):
+    return [sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
+            "logging.wandb.mode=disabled", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides]
+
+
+def _wait_for_step(run_dir, step: int, proc) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] > step for r in read_metrics(run_dir, "train")):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run never got past step {step}")
+
+
+@pytest.mark.slow
+def test_stop_request_checkpoints_and_resumes_step_for_step(tmp_path, reference16):
+    """SIGUSR1 (what Slurm's --signal delivers) and the stop file (what slurm/*.sh touches) each make
+    the run save and exit cleanly mid-way; rerunning the same command finishes it bit for bit."""
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_train_cmd(run_dir, *RESUME), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(run_dir, 0, first)
+    first.send_signal(signal.SIGUSR1)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-3000:]
+    stopped = int(out.split("stopped at step ")[1].split()[0])
+    assert 1 <= stopped < 14 and f"stopped at step {stopped} of 16 on request (signal)" in out
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+
+    second = subprocess.Popen(_train_cmd(run_dir, *RESUME), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(run_dir, stopped, second)
+    (run_dir / "STOP").touch()
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, out[-3000:]
+    assert f"at step {stopped}" in out and "on request (stop file)" in out
+    assert not (run_dir / "STOP").exists()  # consumed, so the requeued job does not stop at once
+    assert int(out.split("stopped at step ")[1].split()[0]) < 16
+
+    last = run_train(run_dir, *RESUME)
+    assert last.returncode == 0, last.stdout[-3000:]
+    assert _losses(run_dir) == _losses(reference16)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_step_for_step(tmp_path, reference16):
+    common = RESUME
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
-           "logging.wandb.mode=disabled", f"data.cache_dir={tmp_path / 'cache'}", *common]
+    cmd = _train_cmd(run_dir, *common)
     # its own process group, killed whole (as a node failure would): megatron-core's checkpoint
     # writer process must not outlive the test as an orphan
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -72,7 +121,7 @@ def test_killed_run_resumes_step_for_step(tmp_path):
     resumed = run_train(run_dir, *common)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "resumed from" in resumed.stdout and "at step 8" in resumed.stdout
-    assert _losses(run_dir) == _losses(tmp_path / "reference")  # bit-identical, every step
+    assert _losses(run_dir) == _losses(reference16)  # bit-identical, every step
 
 
 def test_interrupted_save_never_shadows_the_last_checkpoint(tmp_path):

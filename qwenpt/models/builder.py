@@ -33,6 +33,19 @@ def use_transformer_engine() -> bool:
     return True
 
 
+def gradient_accumulation_fusion_available() -> bool:
+    """megatron-core's fused weight-gradient GEMM: a GPU plus TE or apex's CUDA extension."""
+    if not torch.cuda.is_available():
+        return False
+    if use_transformer_engine():
+        return True
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401  (apex)
+    except ImportError:
+        return False
+    return True
+
+
 def _aux_loss_layout_factor(parallel: Any) -> int:
     """Undo megatron-core <= 0.16's TP/CP-dependent weight of the MoE load-balancing loss.
 
@@ -112,7 +125,7 @@ def transformer_config(
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=parallel.gradient_accumulation_fusion,
         apply_rope_fusion=False,
     )
 

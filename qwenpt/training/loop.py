@@ -83,6 +83,8 @@ def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
         text += f", experts ep {p.expert_model_parallel_size} x etp {etp}, {p.moe_token_dispatcher_type}"
     if p.use_distributed_optimizer:
         text += ", distributed optimizer"
+    if p.recompute_granularity:
+        text += f", {p.recompute_granularity} recompute"
     return text
 
 

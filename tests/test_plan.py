@@ -1,0 +1,97 @@
+"""The layout planner: exact per-GPU parameters (checked against megatron-core's model on the meta
+device), memory arithmetic, and rejections in the user's terms."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from qwenpt.config import ConfigError, register
+from qwenpt.plan import Gpu, make_plan
+from qwenpt.plan.memory import GiB
+
+H100 = Gpu.named("H100")
+
+
+def _cfg(*overrides: str):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def _plan_cli(*args: str) -> tuple[int, str, dict]:
+    proc = subprocess.run([sys.executable, "-m", "qwenpt.plan", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    return proc.returncode, proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [
+    ["+experiment=pretrain_qwen2_72b", "--gpus", "128"],  # TP8 SP x PP4 x VPP5, untied
+    ["+experiment=pretrain_qwen2_57b_a14b", "--gpus", "64"],  # TP4 x PP2 x EP8 (ETP1), shared expert
+    ["model=qwen2.5_0.5b", "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2",
+     "--gpus", "8"],  # tied embeddings: a synced copy on the last stage
+])
+def test_parameters_per_gpu_match_megatron_core_on_meta_device(args):
+    rc, out, plan = _plan_cli(*args, "--check-megatron")
+    assert rc == 0, out[-3000:]
+    checks = plan["megatron_check"]
+    assert len(checks) == len(plan["stages"]) >= 1
+    for check, stage in zip(checks, plan["stages"]):
+        assert check["megatron"] == check["plan"] == stage["params"], check
+        # the memory figures are these exact counts times bytes per parameter
+        assert stage["weights_gib"] == pytest.approx(2 * check["megatron"] / GiB, abs=0.006)
+        assert stage["grads_gib"] == pytest.approx(4 * check["megatron"] / GiB, abs=0.006)
+
+
+def test_72b_memory_and_step_time():
+    plan = make_plan(_cfg("+experiment=pretrain_qwen2_72b"), 128, H100)
+    assert (plan.dp, plan.num_microbatches) == (4, 128)
+    first = plan.stages[0]
+    assert first.params.total == 2_350_212_096  # 20 layers / TP8 + embedding shard, counted by megatron-core too
+    assert first.optimizer == pytest.approx(12 * first.params.total / 4)  # fp32 master + 2 moments over dp 4
+    # interleaved 1F1B: stage 0 holds pp*vpp + pp - 1 = 23 chunks of 4 layers, each layer
+    # (4096 tokens, TP8+SP) 2 x 4096 x (4 x 8192 + 2 x 8192 + 2048 + 3 x 29568) / 8 bytes
+    layer = 2 * 4096 * (4 * 8192 + 2 * 8192 + 2048 + 3 * 29568) / 8
+    assert first.activations == pytest.approx(23 * 4 * layer)
+    last = plan.stages[-1]  # (vpp - 1) x pp + 1 = 17 chunks, plus fp32 + bf16 logits of 4096 x 152064 / TP8
+    assert last.activations == pytest.approx(17 * 4 * layer + 6 * 4096 * 152064 / 8)
+    assert plan.fits and plan.peak_stage.pp_rank == 0
+    # 6.1 TFLOP per token ... x 2.1M tokens, at 40% of 989 TFLOP/s on 128 GPUs
+    assert plan.step_time_s == pytest.approx(plan.flops_per_step / (128 * 989e12 * 0.4))
+    full = make_plan(_cfg("+experiment=pretrain_qwen2_72b", "parallel.recompute_granularity=full"), 128, H100)
+    assert full.stages[0].activations < first.activations / 10
+
+
+@pytest.mark.parametrize("overrides,gpus,message", [
+    (["model=qwen2_7b", "parallel.tensor_model_parallel_size=8"], 8,
+     "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8"),
+    (["model=qwen2_72b", "parallel.pipeline_model_parallel_size=3"], 3,
+     "model.num_layers 80 is not divisible into 3 pipeline stages"),
+    (["+experiment=pretrain_qwen2_57b_a14b", "parallel.expert_model_parallel_size=5"], 40,
+     "model.num_experts 64 is not divisible by parallel.expert_model_parallel_size 5"),
+    (["+experiment=pretrain_qwen2_72b"], 80,
+     "world size 80 is not divisible by tensor x pipeline x context parallel sizes (8 x 4 x 1 = 32)"),
+    (["+experiment=pretrain_qwen2_72b", "train.global_batch_size=510"], 128,
+     "train.global_batch_size 510 is not divisible by train.micro_batch_size 1 x data-parallel size 4"),
+    (["model=qwen2_57b_a14b", "parallel.tensor_model_parallel_size=2"], 2,
+     "needs parallel.sequence_parallel=true"),
+])
+def test_rejects_layouts_that_do_not_divide(overrides, gpus, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        make_plan(_cfg(*overrides), gpus, H100)
+    assert message in str(err.value)
+
+
+def test_rejects_a_layout_that_does_not_fit_with_the_reason():
+    rc, out, plan = _plan_cli("+experiment=pretrain_qwen2_72b", "parallel.pipeline_model_parallel_size=2",
+                              "parallel.virtual_pipeline_model_parallel_size=null",
+                              "parallel.use_distributed_optimizer=false", "parallel.overlap_param_gather=false",
+                              "--gpus", "32")
+    assert rc == 1 and not plan["fits"]
+    assert "does not fit: pipeline stage 0 needs" in out and "parallel.use_distributed_optimizer=true" in out
+    assert plan["peak_gib"] > plan["usable_gib"] == 72.0
