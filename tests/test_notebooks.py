@@ -38,6 +38,8 @@ def test_size_data_scaling_notebook():
     assert summary["_images"] >= 3
     if summary["olmo_relative_errors"]:  # ../shared present (developers, CI)
         assert abs(summary["olmo_relative_errors"]["7B"]) < 0.025
+        plain, improved = summary["olmo_relative_errors"], summary["olmo_improved_errors"]
+        assert all(abs(improved[k]) < abs(plain[k]) for k in plain), (plain, improved)
 
 
 @pytest.mark.slow

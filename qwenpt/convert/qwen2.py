@@ -78,25 +78,74 @@ def _swiglu_pairs(m: Any, i: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _renames(m: Any) -> list[tuple[str, str]]:
-    """(megatron name, HF name) of every tensor copied unchanged."""
-    pairs = [("embedding.word_embeddings.weight", "model.embed_tokens.weight")]
-    for i in range(m.num_layers):
-        meg, hf = f"decoder.layers.{i}", f"model.layers.{i}"
-        pairs += [
-            (f"{meg}.input_layernorm.weight", f"{hf}.input_layernorm.weight"),
-            (f"{meg}.self_attention.linear_proj.weight", f"{hf}.self_attn.o_proj.weight"),
-            (f"{meg}.pre_mlp_layernorm.weight", f"{hf}.post_attention_layernorm.weight"),
-        ]
-        pairs += [(f"{a}.linear_fc2.weight", f"{b}.down_proj.weight") for a, b in _swiglu_pairs(m, i)]
-        if m.num_experts is not None:
-            pairs.append((f"{meg}.mlp.router.weight", f"{hf}.mlp.gate.weight"))
-            if m.moe_shared_expert_ffn_hidden_size:
-                pairs.append((f"{meg}.mlp.shared_experts.gate_weight", f"{hf}.mlp.shared_expert_gate.weight"))
-    pairs.append(("decoder.final_layernorm.weight", "model.norm.weight"))
+def _outer_renames(m: Any) -> list[tuple[str, str]]:
+    """(megatron name, HF name) of the tensors outside the layers."""
+    pairs = [("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+             ("decoder.final_layernorm.weight", "model.norm.weight")]
     if not m.tie_embeddings:
         pairs.append(("output_layer.weight", "lm_head.weight"))
     return pairs
+
+
+def _layer_renames(m: Any, i: int) -> list[tuple[str, str]]:
+    """(megatron name, HF name) of layer i's tensors copied unchanged."""
+    meg, hf = f"decoder.layers.{i}", f"model.layers.{i}"
+    pairs = [
+        (f"{meg}.input_layernorm.weight", f"{hf}.input_layernorm.weight"),
+        (f"{meg}.self_attention.linear_proj.weight", f"{hf}.self_attn.o_proj.weight"),
+        (f"{meg}.pre_mlp_layernorm.weight", f"{hf}.post_attention_layernorm.weight"),
+    ]
+    pairs += [(f"{a}.linear_fc2.weight", f"{b}.down_proj.weight") for a, b in _swiglu_pairs(m, i)]
+    if m.num_experts is not None:
+        pairs.append((f"{meg}.mlp.router.weight", f"{hf}.mlp.gate.weight"))
+        if m.moe_shared_expert_ffn_hidden_size:
+            pairs.append((f"{meg}.mlp.shared_experts.gate_weight", f"{hf}.mlp.shared_expert_gate.weight"))
+    return pairs
+
+
+def layer_hf_keys(m: Any, i: int) -> list[str]:
+    """Every HF tensor name of layer i (Hub per-expert form)."""
+    h = f"model.layers.{i}.self_attn"
+    keys = [hf for _, hf in _layer_renames(m, i)]
+    keys += [f"{h}.{p}_proj.{kind}" for kind in (("weight", "bias") if m.qkv_bias else ("weight",)) for p in "qkv"]
+    keys += [f"{src}.{p}_proj.weight" for _, src in _swiglu_pairs(m, i) for p in ("gate", "up")]
+    return keys
+
+
+def outer_hf_keys(m: Any) -> list[str]:
+    return [hf for _, hf in _outer_renames(m)]
+
+
+def layer_to_megatron(hf: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, torch.Tensor]:
+    """Layer i's megatron tensors from its HF tensors."""
+    out = {meg: hf[name] for meg, name in _layer_renames(m, i)}
+    a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
+    out[f"{a}.linear_qkv.weight"] = _qkv(*(hf[f"{h}.{p}_proj.weight"] for p in "qkv"), m)
+    if m.qkv_bias:
+        out[f"{a}.linear_qkv.bias"] = _qkv(*(hf[f"{h}.{p}_proj.bias"] for p in "qkv"), m)
+    for meg, src in _swiglu_pairs(m, i):
+        out[f"{meg}.linear_fc1.weight"] = torch.cat([hf[f"{src}.gate_proj.weight"], hf[f"{src}.up_proj.weight"]])
+    return out
+
+
+def layer_to_hf(meg: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`layer_to_megatron`."""
+    out = {name: meg[src] for src, name in _layer_renames(m, i)}
+    a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
+    for kind in ("weight", "bias") if m.qkv_bias else ("weight",):
+        for p, t in zip("qkv", _split_qkv(meg[f"{a}.linear_qkv.{kind}"], m)):
+            out[f"{h}.{p}_proj.{kind}"] = t
+    for src, dst in _swiglu_pairs(m, i):
+        out[f"{dst}.gate_proj.weight"], out[f"{dst}.up_proj.weight"] = meg[f"{src}.linear_fc1.weight"].chunk(2)
+    return out
+
+
+def outer_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+    return {meg: hf[name] for meg, name in _outer_renames(m)}
+
+
+def outer_to_hf(meg: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+    return {name: meg[src] for src, name in _outer_renames(m)}
 
 
 def unfuse_experts(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,28 +170,17 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tenso
     """Full megatron-core state dict (TP=PP=EP=1 names) from a Hugging Face state dict
     (Hub per-expert keys, or transformers 5's fused experts)."""
     hf = unfuse_experts(hf)
-    out = {meg: hf[name] for meg, name in _renames(m)}
+    out = outer_to_megatron(hf, m)
     for i in range(m.num_layers):
-        a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
-        out[f"{a}.linear_qkv.weight"] = _qkv(*(hf[f"{h}.{p}_proj.weight"] for p in "qkv"), m)
-        if m.qkv_bias:
-            out[f"{a}.linear_qkv.bias"] = _qkv(*(hf[f"{h}.{p}_proj.bias"] for p in "qkv"), m)
-        for meg, src in _swiglu_pairs(m, i):
-            out[f"{meg}.linear_fc1.weight"] = torch.cat([hf[f"{src}.gate_proj.weight"], hf[f"{src}.up_proj.weight"]])
+        out.update(layer_to_megatron(hf, m, i))
     return out
 
 
 def megatron_to_hf(meg: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
     """The inverse of :func:`hf_to_megatron` (Hub per-expert keys)."""
-    out = {name: meg[src] for src, name in _renames(m)}
+    out = outer_to_hf(meg, m)
     for i in range(m.num_layers):
-        a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
-        kinds = ("weight", "bias") if m.qkv_bias else ("weight",)
-        for kind in kinds:
-            for p, t in zip("qkv", _split_qkv(meg[f"{a}.linear_qkv.{kind}"], m)):
-                out[f"{h}.{p}_proj.{kind}"] = t
-        for src, dst in _swiglu_pairs(m, i):
-            out[f"{dst}.gate_proj.weight"], out[f"{dst}.up_proj.weight"] = meg[f"{src}.linear_fc1.weight"].chunk(2)
+        out.update(layer_to_hf(meg, m, i))
     return out
 
 

@@ -85,6 +85,30 @@ class LossLawFit:
         return out
 
 
+def replicate_noise(first: Sequence[float], second: Sequence[float]) -> float:
+    """Run-to-run noise of one final loss, as a standard deviation of log-loss, from pairs of
+    replicate runs (same N and D, another seed): sqrt(mean((ln a - ln b)^2) / 2)."""
+    a, b = np.log(np.asarray(first, dtype=float)), np.log(np.asarray(second, dtype=float))
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need pairs of replicate losses, got {a.size} and {b.size}")
+    return float(np.sqrt(np.mean((a - b) ** 2) / 2))
+
+
+def log_residual_rms(fit: "LossLawFit", N: Sequence[float], D: Sequence[float], L: Sequence[float]) -> float:
+    """Root-mean-square of ln(predicted) - ln(actual) over the points."""
+    r = np.log(fit.predict(np.asarray(N, float), np.asarray(D, float))) - np.log(np.asarray(L, float))
+    return float(np.sqrt(np.mean(r**2)))
+
+
+def huber_delta_for(residual_rms: float, noise: float) -> float:
+    """The Huber threshold the data call for. Chinchilla's δ = 1e-3 treats residuals above 0.1% as
+    outliers, which is right when points are noisy. When the residuals of a fit are many times the
+    replicate noise (here > 3x), they are the law's misfit, not outliers: every point should pull,
+    so least squares (δ = 1: any log residual below e-fold is quadratic). Otherwise Huber's 95%-
+    efficiency tuning, δ = 1.345 σ."""
+    return 1.0 if residual_rms > 3 * noise else 1.345 * noise
+
+
 def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber loss of residuals and its derivative."""
     small = np.abs(r) <= delta
