@@ -152,6 +152,9 @@ class CheckpointConfig:
     # Start from these weights (a checkpoint directory, or a checkpoints root: its latest) when the run
     # has no checkpoint of its own; any TP/PP/VPP/EP layout can read any other's. Weights only.
     init_from: Optional[str] = None
+    # Start from Hugging Face weights (a Qwen/Qwen1.5/Qwen2/Qwen2.5 directory with config.json and
+    # safetensors): converted once into <dir>/hf_import, then loaded like init_from, at any layout.
+    init_from_hf: Optional[str] = None
     # Initialise the model in one process, save it to <dir>/seed and exit. Runs in any layout started
     # with init_from=<dir>/seed then begin from the same weights (layers built on different pipeline
     # stages or expert ranks are otherwise initialised from different random streams).
@@ -350,6 +353,21 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
             f"checkpoint.create_seed initialises the whole model in one process; run it without torchrun "
             f"(world size is {world_size})",
         )
+    if cfg.checkpoint.init_from_hf is not None:
+        _check(cfg.checkpoint.init_from is None, "set checkpoint.init_from or checkpoint.init_from_hf, not both")
+        if check_files:
+            from qwenpt.convert.hf_io import model_config_from_hf, read_hf_config
+
+            hf = model_config_from_hf(read_hf_config(cfg.checkpoint.init_from_hf), cfg.model.name, cfg.model.family)
+            differ = [
+                f"{k} {getattr(cfg.model, k)} vs {getattr(hf, k)}"
+                for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                          "vocab_size", "tie_embeddings", "num_experts", "moe_ffn_hidden_size", "moe_router_topk",
+                          "moe_shared_expert_ffn_hidden_size")
+                if getattr(cfg.model, k) != getattr(hf, k)
+            ]
+            _check(not differ, f"checkpoint.init_from_hf: {cfg.checkpoint.init_from_hf} is not model={cfg.model.name} "
+                               f"(model vs its config.json: {'; '.join(differ)}); pick the matching model config")
     if cfg.checkpoint.init_from is not None and check_files:
         src = Path(cfg.checkpoint.init_from).expanduser()
         _check(

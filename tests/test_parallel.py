@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_train
+from conftest import ROOT
 from qwenpt.metrics import read_metrics
 
 LAYOUT_COMMON = [
@@ -29,11 +29,13 @@ ALLTOALL = ["parallel.moe_token_dispatcher_type=alltoall"]
 # name: (model, world size, overrides, the layout the run must log)
 LAYOUTS = {
     "dp2": ("tiny", 2, [], "tp 1 x pp 1 x cp 1 x dp 2"),
-    "dp2_distopt_overlap": ("tiny", 2, ["parallel=distopt"], "tp 1 x pp 1 x cp 1 x dp 2, distributed optimizer"),
+    "dp2_distopt_overlap": ("tiny", 2, ["parallel=distopt", "checkpoint.save_interval=3", "checkpoint.keep_last=0"],
+                            "tp 1 x pp 1 x cp 1 x dp 2, distributed optimizer"),
     "tp2": ("tiny", 2, ["parallel.tensor_model_parallel_size=2"], "tp 2 x pp 1 x cp 1 x dp 1"),
     "tp2_sp": ("tiny", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
     "pp2_vpp2": ("tiny", 2, VPP2, "tp 1 x pp 2 (x2 virtual) x cp 1 x dp 1"),
-    "pp2_selective_recompute": (  # PP2 (1F1B) itself, with selective recompute on top"tiny", 2, ["parallel.pipeline_model_parallel_size=2", "parallel.recompute_granularity=selective"],
+    # PP2 (1F1B) itself, with selective recompute on top
+    "pp2_selective_recompute": ("tiny", 2, ["parallel.pipeline_model_parallel_size=2", "parallel.recompute_granularity=selective"],
                                 "tp 1 x pp 2 x cp 1 x dp 1, selective recompute"),
     "tp2_sp_full_recompute": ("tiny", 2, TP2_SP + ["parallel.recompute_granularity=full"],
                               "tp 2 (sp) x pp 1 x cp 1 x dp 1, full recompute"),
@@ -48,16 +50,6 @@ LAYOUTS = {
     ),
     "moe_tp2_sp_ep2_etp2_allgather": ("tiny_moe", 4, TP2_SP + EP2, "x dp 2, experts ep 2 x etp 2, allgather"),
 }
-
-
-def run_torchrun(nproc: int, run_dir, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        str(ROOT / "train.py"), f"train.run_dir={run_dir}", "logging.progress=false",
-        "logging.wandb.mode=disabled", f"data.cache_dir={run_dir.parent / 'cache'}", *overrides,
-    ]
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def _launch(out, nproc: int, runs: dict[str, list[str]]) -> dict[str, str]:
@@ -110,25 +102,16 @@ def test_layout_matches_single_process(layout_runs, layout):
 
 
 @pytest.mark.slow
-def test_distributed_optimizer_matches_and_resumes_exactly(tmp_path):
-    """DP=2 with megatron-core's distributed optimizer: same losses as one process, and a resume from
-    its (DP-sharded) checkpoint continues bit for bit."""
-    common = ["train.steps=6", "optim.warmup_steps=1", "train.eval_interval=3", "checkpoint.save_interval=3",
-              "checkpoint.keep_last=0", "parallel.use_distributed_optimizer=true"]
-    single = run_train(tmp_path / "single", *[c for c in common if "distributed_optimizer" not in c])
-    assert single.returncode == 0, single.stdout[-3000:]
-    run_dir = tmp_path / "dp2"
-    full = run_torchrun(2, run_dir, *common)
-    assert full.returncode == 0, full.stdout[-3000:]
-    assert "dp 2, distributed optimizer; global batch 16 = micro 8 x 1 micro-batches x dp 2" in full.stdout
+def test_distributed_optimizer_checkpoint_resumes_exactly(layout_runs):
+    """The distributed optimizer's (DP-sharded) checkpoint: resuming from step 3 continues bit for bit."""
+    out, _ = layout_runs
+    run_dir = out / "dp2_distopt_overlap"
     uninterrupted = [(r["kind"], r["step"], r["loss"]) for r in read_metrics(run_dir)]
-    for x, (_, _, loss) in zip(read_metrics(tmp_path / "single"), uninterrupted):
-        assert loss == pytest.approx(x["loss"], rel=1e-5)
-
-    # resume from the step-3 checkpoint as if the run had died before saving step 6
-    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000005")  # as if the run had died before saving step 5
     (run_dir / "checkpoints" / "latest").write_text("step_00000003\n")
-    resumed = run_torchrun(2, run_dir, *common)
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert "resumed from" in resumed.stdout
+    model, _, overrides, _ = LAYOUTS["dp2_distopt_overlap"]
+    seed = out / f"seed_{model}" / "checkpoints" / "seed"
+    logs = _launch(out, 2, {"dp2_distopt_overlap": [*LAYOUT_COMMON, f"data.cache_dir={out / 'cache'}", f"model={model}",
+                                                     f"checkpoint.init_from={seed}", *overrides]})
+    assert "resumed from" in logs["dp2_distopt_overlap"] and "at step 3" in logs["dp2_distopt_overlap"]
     assert [(r["kind"], r["step"], r["loss"]) for r in read_metrics(run_dir)] == uninterrupted

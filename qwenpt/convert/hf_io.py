@@ -102,7 +102,7 @@ class SafetensorsReader:
 
     def get(self, key: str) -> torch.Tensor:
         if key not in self.where:
-            raise KeyError(f"{self.dir}: the checkpoint has no tensor {key!r}")
+            raise ConfigError(f"{self.dir}: the checkpoint has no tensor {key!r}, which this architecture needs")
         name = self.where[key]
         if name not in self._open:
             self._open[name] = safe_open(str(self.dir / name), framework="pt")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -115,6 +118,8 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
 
 
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                 "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE")
 _SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
@@ -197,8 +202,9 @@ class Trainer:
             progress = checkpoint.load(latest, self.model, self.optimizer, self.scheduler)
             self.step, self.consumed = progress["step"], progress["consumed_samples"]
             log.info("resumed from %s at step %d (%d samples consumed)", latest, self.step, self.consumed)
-        elif cfg.checkpoint.init_from is not None:
-            source = checkpoint.load_model(cfg.checkpoint.init_from, self.model)
+        elif cfg.checkpoint.init_from is not None or cfg.checkpoint.init_from_hf is not None:
+            init = cfg.checkpoint.init_from or self._import_hf(cfg.checkpoint.init_from_hf)
+            source = checkpoint.load_model(init, self.model)
             self.optimizer.reload_model_params()  # the optimizer's fp32 main copies (bf16 runs) follow
             log.info("initialised weights from %s", source)
 
@@ -224,6 +230,20 @@ class Trainer:
                 t.global_batch_size * d.seq_length, len(self.blend.prefixes), len(self.train_ds),
                 len(self.valid_ds), d.seq_length,
             )
+
+    def _import_hf(self, hf_dir: str) -> Path:
+        """Convert the HF weights once (rank 0, in its own process: a world of one), for every rank."""
+        target = self.ckpt_dir / "hf_import"
+        if self.rt.is_main and not (target / "metadata.json").is_file():
+            cmd = [sys.executable, "-m", "qwenpt.convert", "import", "--hf", str(hf_dir), "--out", str(target),
+                   "--name", self.cfg.model.name, "--family", self.cfg.model.family]
+            env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+            log.info("converting %s for this run: %s", hf_dir, " ".join(cmd))
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                raise ConfigError(f"checkpoint.init_from_hf: converting {hf_dir} failed:\n{proc.stdout[-3000:]}")
+        dist.barrier()
+        return target
 
     def train_step(self, iterators: list) -> tuple[float, int, float]:
         for chunk in self.model:

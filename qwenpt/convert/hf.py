@@ -1,0 +1,257 @@
+"""Hugging Face Qwen checkpoints ⇄ megatron-core distributed checkpoints, and the logits check.
+
+``import_hf`` reads a Hugging Face directory tensor by tensor (safetensors), converts one layer at a
+time into megatron-core's layout at TP=PP=EP=1 and writes a dist checkpoint; dist_checkpointing
+then loads it at any TP/PP/VPP/EP layout (``train.py checkpoint.init_from=...``), so no process per
+rank and no GPU is needed. ``export_hf`` is the inverse, writing sharded safetensors, an index and
+config.json. Peak memory is the model once in the chosen dtype plus one layer (see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from qwenpt import checkpoint, distributed
+from qwenpt.config import ConfigError, ModelConfig, ParallelConfig, validate_model
+from qwenpt.convert import qwen1, qwen2
+from qwenpt.convert.hf_io import (
+    ShardedSafetensorsWriter,
+    SafetensorsReader,
+    copy_tokenizer,
+    model_config_from_hf,
+    read_hf_config,
+)
+from qwenpt.models import build_model
+from qwenpt.models.registry import FAMILIES
+
+log = logging.getLogger("qwenpt.convert")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _layout(m: Any) -> str:
+    return FAMILIES[m.family].hf_layout
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _groups(m: Any) -> list:
+    return ["outer", *range(m.num_layers)]
+
+
+def _read_group(get: Callable[[str], torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
+    """One group's tensors, in the Qwen2 layout's names, from a checkpoint in the model's layout."""
+    if _layout(m) == "qwen":
+        if group == "outer":
+            return qwen1.outer_to_qwen2({k: get(k) for k in qwen1.outer_keys(m)}, m)
+        return qwen1.layer_to_qwen2({k: get(k) for k in qwen1.layer_keys(m, group)}, m, group)
+    keys = qwen2.outer_hf_keys(m) if group == "outer" else qwen2.layer_hf_keys(m, group)
+    return {k: get(k) for k in keys}
+
+
+def _to_megatron(hf: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
+    return qwen2.outer_to_megatron(hf, m) if group == "outer" else qwen2.layer_to_megatron(hf, m, group)
+
+
+def _to_hf(meg: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
+    """One group in the model's own HF layout (Qwen2 names, or Qwen v1's)."""
+    q2 = qwen2.outer_to_hf(meg, m) if group == "outer" else qwen2.layer_to_hf(meg, m, group)
+    if _layout(m) == "qwen":
+        return qwen1.outer_from_qwen2(q2, m) if group == "outer" else qwen1.layer_from_qwen2(q2, m, group)
+    return q2
+
+
+def hf_config_for(m: Any, dtype: torch.dtype) -> dict:
+    cfg = qwen1.hf_config(m) if _layout(m) == "qwen" else qwen2.hf_config(m)
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    return cfg
+
+
+def _world_of_one(m: Any, dtype: torch.dtype) -> torch.nn.Module:
+    if distributed.world_size_from_env() != 1:
+        raise ConfigError("import and export run in one process (they need no process per rank); run them without torchrun")
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
+    distributed.initialize(ParallelConfig(), seed=0)
+    return build_model(m, ParallelConfig(), dtype, perform_initialization=False)[0]
+
+
+def model_config_of_checkpoint(ckpt: Path) -> ModelConfig:
+    run_config = ckpt / "run_config.yaml"
+    if not run_config.is_file():
+        raise ConfigError(f"{ckpt} has no run_config.yaml: not a checkpoint written by qwenpt")
+    return ModelConfig(**yaml.safe_load(run_config.read_text())["model"])
+
+
+def _stored_dtype(ckpt: Path) -> str:
+    """The dtype the checkpoint holds its weights in (read from its metadata, no tensor loaded)."""
+    from megatron.core import dist_checkpointing
+
+    embedding = dist_checkpointing.load_tensors_metadata(str(ckpt))["embedding.word_embeddings.weight"]
+    return str(embedding.dtype).removeprefix("torch.")
+
+
+def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None, family: Optional[str] = None,
+              dtype: Optional[str] = None) -> dict:
+    """Convert a Hugging Face Qwen directory into a megatron-core dist checkpoint at ``out``."""
+    start = time.perf_counter()
+    hf_dir, out = Path(hf_dir), Path(out)
+    cfg = read_hf_config(hf_dir)
+    m = model_config_from_hf(cfg, name or hf_dir.name.lower(), family)
+    validate_model(m)
+    dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    model = _world_of_one(m, DTYPES[dtype])
+    params = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+    reader = SafetensorsReader(hf_dir)
+    meta = {k: torch.empty(p.shape, device="meta") for k, p in params.items()}
+    expected: dict[str, tuple] = {}  # checkpoint tensor -> the shape config.json's architecture needs
+    for group in _groups(m):
+        expected.update({k: tuple(t.shape) for k, t in _to_hf(meta, m, group).items()})
+    # refuse tensors the model has no place for before converting anything
+    unknown = reader.keys() - set(expected)
+    if m.tie_embeddings:  # some tied checkpoints carry the tied copy too
+        unknown.discard("lm_head.weight")
+    unknown = {k for k in unknown if not k.endswith(qwen1.IGNORED_SUFFIXES)}
+    if unknown:
+        raise ConfigError(f"{hf_dir}: {len(unknown)} tensors this model has no place for (nothing was written): "
+                          f"{', '.join(sorted(unknown)[:20])}")
+    read: set[str] = set()
+
+    def get(key: str) -> torch.Tensor:
+        tensor = reader.get(key)
+        if key in expected and tuple(tensor.shape) != expected[key]:
+            raise ConfigError(f"{hf_dir}: tensor {key} has shape {list(tensor.shape)}, but config.json's "
+                              f"architecture needs {list(expected[key])}")
+        read.add(key)
+        return tensor
+
+    filled: set[str] = set()
+    with torch.no_grad():
+        for group in _groups(m):
+            for key, tensor in _to_megatron(_read_group(get, m, group), m, group).items():
+                params[key].copy_(tensor)
+                filled.add(key)
+    missing = set(params) - filled
+    if missing:
+        raise ConfigError(f"{hf_dir}: no tensor for {', '.join(sorted(missing)[:20])}")
+    run_config = OmegaConf.to_yaml({"model": dataclasses.asdict(m), "convert": {"from": str(hf_dir), "dtype": dtype}})
+    checkpoint.save_model(out, [model], run_config=run_config)
+    n = sum(p.numel() for p in params.values())
+    summary = {"checkpoint": str(out), "model": dataclasses.asdict(m), "parameters": n, "tensors_read": len(read),
+               "dtype": dtype, "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
+    log.info("imported %s (%s, %.3fB parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir, m.family,
+             n / 1e9, dtype, out, summary["seconds"], summary["peak_rss_gib"])
+    return summary
+
+
+def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
+              dtype: Optional[str] = None, max_shard_gib: float = 5.0) -> dict:
+    """Write a megatron-core checkpoint (any layout, full or seed) as a Hugging Face directory."""
+    start = time.perf_counter()
+    ckpt = checkpoint.resolve(ckpt)
+    m = model_config_of_checkpoint(ckpt)
+    dtype = dtype or _stored_dtype(ckpt)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    model = _world_of_one(m, DTYPES[dtype])  # loading casts the stored weights to it
+    checkpoint.load_model(ckpt, [model])
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    out = Path(out)
+    writer = ShardedSafetensorsWriter(out, int(max_shard_gib * 1024**3))
+    for group in _groups(m):
+        writer.add(_to_hf(state, m, group))
+    files = writer.close()
+    (out / "config.json").write_text(json.dumps(hf_config_for(m, DTYPES[dtype]), indent=2) + "\n")
+    copied = copy_tokenizer(tokenizer, out) if tokenizer else []
+    summary = {"out": str(out), "files": files, "tokenizer_files": copied, "bytes": writer.total_bytes,
+               "dtype": dtype, "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
+    log.info("exported %s to %s: %d files, %.2f GB %s, in %.1f s", ckpt, out, len(files), writer.total_bytes / 1e9,
+             dtype, summary["seconds"])
+    return summary
+
+
+def hf_reference_model(hf_dir: str | Path, m: ModelConfig) -> torch.nn.Module:
+    """The transformers model of ``hf_dir`` in fp32 (Qwen v1, whose code is remote, as the equivalent
+    Qwen2 model built from its converted tensors)."""
+    import transformers
+
+    if _layout(m) == "qwen2":
+        return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    fields = {k: v for k, v in qwen2.hf_config(m).items() if k not in ("architectures", "model_type")}
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields)).eval()
+    reader = SafetensorsReader(hf_dir)
+    state = {}
+    for group in _groups(m):
+        state.update(_read_group(reader.get, m, group))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not m.tie_embeddings)
+    if m.tie_embeddings:
+        model.tie_weights()
+    return model
+
+
+def megatron_logits(model: list, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+    """Full-vocabulary fp32 logits [b, s, V] of megatron model chunks at any TP/PP layout; on the
+    last pipeline stage (None elsewhere). Runs the pipeline schedule forward only."""
+    from functools import partial
+
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    b, s = tokens.shape
+    positions = torch.arange(s).unsqueeze(0).expand(b, s)
+
+    def forward_step(data_iterator: Any, chunk: torch.nn.Module):
+        out = chunk(tokens if chunk.pre_process else None, positions, None)
+        return out, partial(lambda o, non_loss_data=False: o)
+
+    outputs = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=[None] * len(model) if len(model) > 1 else None,
+        model=model if len(model) > 1 else model[0], num_microbatches=1, seq_length=s, micro_batch_size=b,
+        forward_only=True, collect_non_loss_data=True,
+    )
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    logits = outputs[-1]  # [b, s, V/TP]
+    return gather_from_tensor_model_parallel_region(logits.float())
+
+
+def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 2, seq: int = 32, seed: int = 0) -> Optional[dict]:
+    """Max |logit difference| between transformers on ``hf_dir`` and the megatron checkpoint at the
+    layout ``parallel`` (one process per rank under torchrun); the dict on the last stage's first rank."""
+    from megatron.core import parallel_state
+
+    ckpt = checkpoint.resolve(ckpt)
+    m = model_config_of_checkpoint(ckpt)
+    validate_model(m, parallel)
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
+    distributed.initialize(parallel, seed=seed)
+    model = build_model(m, parallel, torch.float32, perform_initialization=False)
+    checkpoint.load_model(ckpt, model)
+    for chunk in model:
+        chunk.eval()
+    tokens = torch.randint(0, m.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ours = megatron_logits(model, tokens)
+    if ours is None or parallel_state.get_tensor_model_parallel_rank() != 0:
+        return None
+    with torch.no_grad():
+        reference = hf_reference_model(hf_dir, m)(tokens).logits.float()
+    diff = (ours - reference).abs()
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "tokens": batch * seq,
+            "logit_scale": float(reference.abs().max()), "model": m.name,
+            "layout": {"tp": parallel.tensor_model_parallel_size, "pp": parallel.pipeline_model_parallel_size}}

@@ -1,0 +1,208 @@
+"""Hugging Face interop: import at any layout gives transformers' logits, export reproduces every tensor,
+resharding keeps logits, and bad checkpoints are refused with the tensor named."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, hf_model, model_config, run_train
+from qwenpt.config import ConfigError
+
+MODELS = {
+    "dense_gqa": dict(name="tiny", tie_embeddings=False),  # GQA, untied
+    "tied": dict(name="tiny"),  # GQA, tied embeddings
+    "moe": dict(name="tiny_moe"),  # 8 experts top-2 + shared expert behind a sigmoid gate
+    "qwen_v1": dict(name="tiny", num_query_groups=4, tie_embeddings=False, family="qwen", rope_theta=10000.0),
+}
+
+
+def _write_qwen_v1(ref: torch.nn.Module, m, out) -> None:
+    """A QWenLMHeadModel directory written by hand from an equivalent Qwen2 model, with v1's semantics:
+    c_attn = [q; k; v], mlp(x) = c_proj(w1(x) * silu(w2(x))) so w2 is the gate."""
+    sd = ref.state_dict()
+    v1 = {"transformer.wte.weight": sd["model.embed_tokens.weight"], "transformer.ln_f.weight": sd["model.norm.weight"],
+          "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(m.num_layers):
+        a, b = f"model.layers.{i}", f"transformer.h.{i}"
+        for kind in ("weight", "bias"):
+            v1[f"{b}.attn.c_attn.{kind}"] = torch.cat([sd[f"{a}.self_attn.{p}_proj.{kind}"] for p in "qkv"])
+        v1[f"{b}.attn.c_proj.weight"] = sd[f"{a}.self_attn.o_proj.weight"]
+        v1[f"{b}.ln_1.weight"] = sd[f"{a}.input_layernorm.weight"]
+        v1[f"{b}.ln_2.weight"] = sd[f"{a}.post_attention_layernorm.weight"]
+        v1[f"{b}.mlp.w2.weight"] = sd[f"{a}.mlp.gate_proj.weight"]
+        v1[f"{b}.mlp.w1.weight"] = sd[f"{a}.mlp.up_proj.weight"]
+        v1[f"{b}.mlp.c_proj.weight"] = sd[f"{a}.mlp.down_proj.weight"]
+        v1[f"{b}.attn.rotary_emb.inv_freq"] = torch.zeros(16)  # a buffer old checkpoints carry: ignored
+    out.mkdir()
+    save_file({k: v.contiguous() for k, v in v1.items()}, str(out / "model.safetensors"))
+    config = {"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": m.hidden_size,
+              "intermediate_size": 2 * m.ffn_hidden_size, "num_hidden_layers": m.num_layers,
+              "num_attention_heads": m.num_attention_heads, "kv_channels": m.hidden_size // m.num_attention_heads,
+              "vocab_size": m.vocab_size, "seq_length": 2048, "rotary_emb_base": 10000, "layer_norm_epsilon": m.norm_eps,
+              "no_bias": True, "tie_word_embeddings": False, "torch_dtype": "float32"}
+    (out / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Each model: its transformers reference, its HF directory, and its import."""
+    from qwenpt.convert.hf import import_hf
+
+    out = tmp_path_factory.mktemp("convert")
+    made = {}
+    for key, spec in MODELS.items():
+        spec = dict(spec)
+        m = model_config(spec.pop("name"), **spec)
+        ref = hf_model(m, seed=len(made))
+        if m.family == "qwen":
+            _write_qwen_v1(ref, m, out / key)
+        else:
+            ref.save_pretrained(out / key)
+        summary = import_hf(out / key, out / f"{key}_ckpt")
+        made[key] = (ref, out / key, out / f"{key}_ckpt", summary)
+    return made
+
+
+def _tokens(m_vocab: int) -> torch.Tensor:
+    return torch.randint(0, m_vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+def test_import_gives_transformers_logits(converted, key, megatron_world):
+    from qwenpt import checkpoint
+    from qwenpt.config import ParallelConfig
+    from qwenpt.convert.hf import megatron_logits, model_config_of_checkpoint
+    from qwenpt.models import build_model
+
+    ref, _, ckpt, summary = converted[key]
+    m = model_config_of_checkpoint(ckpt)
+    assert m.family == ("qwen" if key == "qwen_v1" else "qwen2") and summary["parameters"] == sum(
+        p.numel() for p in ref.parameters())
+    model = build_model(m, ParallelConfig(), perform_initialization=False)
+    checkpoint.load_model(ckpt, model)
+    model[0].eval()
+    tokens = _tokens(m.vocab_size)
+    with torch.no_grad():
+        ours, theirs = megatron_logits(model, tokens), ref(tokens).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+def test_export_reproduces_every_tensor(converted, key, tmp_path):
+    import transformers
+
+    from qwenpt.convert.hf import export_hf
+
+    ref, hf_dir, ckpt, _ = converted[key]
+    export_hf(ckpt, tmp_path / "out")
+    original, exported = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    original = {k: v for k, v in original.items() if not k.endswith("inv_freq")}
+    assert sorted(exported) == sorted(original)
+    assert all(torch.equal(exported[k], original[k]) for k in original)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    if key == "qwen_v1":
+        assert config["architectures"] == ["QWenLMHeadModel"] and config["intermediate_size"] == 704
+        return
+    assert config["architectures"] == ["Qwen2MoeForCausalLM" if key == "moe" else "Qwen2ForCausalLM"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    tokens = _tokens(config["vocab_size"])
+    with torch.no_grad():
+        assert torch.equal(back(tokens).logits, ref(tokens).logits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_import_at_tp2_and_pp2_gives_transformers_logits(converted, tp, pp):
+    pairs = [str(p) for key in MODELS for p in converted[key][1:3]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "verify_worker.py"), str(tp), str(pp), *pairs],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    results = [json.loads(line.split("VERIFY ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("VERIFY ")]
+    assert len(results) == len(MODELS)
+    for r in results:
+        assert r["layout"] == {"tp": tp, "pp": pp} and r["max_abs_diff"] <= 1e-5, r
+
+
+def test_verify_cli_exits_nonzero_above_tolerance(converted, tmp_path):
+    _, hf_dir, ckpt, _ = converted["tied"]
+    other = converted["dense_gqa"][2]  # another model's weights
+    ok = subprocess.run([sys.executable, "-m", "qwenpt.convert", "verify", "--hf", str(hf_dir), "--ckpt", str(ckpt),
+                         "--tolerance", "1e-5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["max_abs_diff"] <= 1e-5
+    bad = subprocess.run([sys.executable, "-m", "qwenpt.convert", "verify", "--hf", str(hf_dir), "--ckpt", str(other),
+                          "--tolerance", "1e-5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert bad.returncode == 1 and "ABOVE the tolerance" in bad.stdout
+    assert json.loads(bad.stdout.strip().splitlines()[-1])["max_abs_diff"] > 1e-3
+
+
+def test_bad_checkpoints_are_refused_naming_the_tensor(converted, tmp_path, megatron_world):
+    from qwenpt.convert.hf import import_hf
+    from qwenpt.convert.hf_io import model_config_from_hf, read_hf_config
+
+    _, hf_dir, _, _ = converted["dense_gqa"]
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    for name, change, message in [
+        ("shape", {"model.layers.1.self_attn.k_proj.weight": torch.zeros(32, 128)},
+         "tensor model.layers.1.self_attn.k_proj.weight has shape [32, 128], but config.json's architecture needs [64, 128]"),
+        ("unknown", {"model.layers.0.mlp.extra.weight": torch.zeros(2)},
+         "1 tensors this model has no place for (nothing was written): model.layers.0.mlp.extra.weight"),
+    ]:
+        bad = tmp_path / name
+        bad.mkdir()
+        shutil.copy(hf_dir / "config.json", bad / "config.json")
+        save_file({**tensors, **change}, str(bad / "model.safetensors"))
+        with pytest.raises(ConfigError) as err:
+            import_hf(bad, tmp_path / f"{name}_ckpt")
+        assert message in str(err.value)
+        assert not (tmp_path / f"{name}_ckpt").exists()
+    # the Hub's config.json form (rope_theta at the top) and transformers 5's (rope_parameters) agree
+    cfg = read_hf_config(hf_dir)
+    hub = {k: v for k, v in cfg.items() if k != "rope_parameters"} | {"rope_theta": cfg["rope_parameters"]["rope_theta"]}
+    assert model_config_from_hf(hub, "x") == model_config_from_hf(cfg, "x")
+    assert model_config_from_hf(cfg, "x").rope_theta == 1e6
+
+
+@pytest.mark.slow
+def test_train_from_hf_at_tp2_then_reshard_to_tp1_and_pp2(converted, tmp_path):
+    """train.py checkpoint.init_from_hf at TP=2 converts and starts from the HF weights; its TP=2
+    checkpoint read back at TP=1 (export to HF) and at PP=2 (verify against that export) gives the
+    same logits."""
+    _, hf_dir, _, _ = converted["dense_gqa"]
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+           f"train.run_dir={run_dir}", "logging.progress=false", "logging.wandb.mode=disabled",
+           f"data.cache_dir={tmp_path / 'cache'}", "model.tie_embeddings=false", "parallel=tp2_sp",
+           f"checkpoint.init_from_hf={hf_dir}", "train.steps=2", "optim.warmup_steps=1", "train.eval_interval=2"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"initialised weights from {run_dir / 'checkpoints' / 'hf_import'}" in proc.stdout
+    step2 = run_dir / "checkpoints" / "step_00000002"
+    export = subprocess.run([sys.executable, "-m", "qwenpt.convert", "export", "--ckpt", str(step2), "--out",
+                             str(tmp_path / "hf_step2")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert export.returncode == 0, export.stdout[-3000:]
+    trained = load_file(str(tmp_path / "hf_step2" / "model.safetensors"))
+    start = load_file(str(hf_dir / "model.safetensors"))
+    assert not torch.equal(trained["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "verify_worker.py"), "1", "2", str(tmp_path / "hf_step2"), str(step2)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY ")]
+    result = json.loads(line.split("VERIFY ", 1)[1])
+    assert result["layout"] == {"tp": 1, "pp": 2} and result["max_abs_diff"] <= 1e-5
