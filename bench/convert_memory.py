@@ -17,10 +17,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MAKE_MODEL = """
+import sys, torch, transformers, yaml
+from qwenpt.config import ModelConfig
+from qwenpt.convert.qwen2 import hf_config
+name, dtype, out = sys.argv[1:]
+m = ModelConfig(**yaml.safe_load(open(f"conf/model/{name}.yaml")))
+fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}
+torch.manual_seed(0)
+model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields)).to(getattr(torch, dtype))
+model.save_pretrained(out, max_shard_size="1GB")
+print(sum(p.numel() * p.element_size() for p in model.parameters()))
+"""
 
 
 def run(cmd: list[str]) -> dict:
@@ -39,23 +50,19 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--workdir", default="/tmp/qwenpt-convert-bench")
     args = ap.parse_args()
-    import transformers
-
     from qwenpt.config import ModelConfig
-    from qwenpt.convert.qwen2 import hf_config
 
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     m = ModelConfig(**yaml.safe_load((ROOT / "conf" / "model" / f"{args.model}.yaml").read_text()))
-    fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}
-    torch.manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    with torch.device("cpu"):
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields, dtype=args.dtype)).to(dtype)
-    model.save_pretrained(work / "hf", max_shard_size="1GB")
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
+    # the random model is made in its own process: a child inherits its parent's peak RSS on Linux
+    # (exec keeps the high-water mark), so this process stays small for the measured ones
+    make = subprocess.run([sys.executable, "-c", MAKE_MODEL, args.model, args.dtype, str(work / "hf")], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if make.returncode != 0:
+        raise SystemExit(make.stdout[-3000:])
+    size = int(make.stdout.strip().splitlines()[-1])
     imp = run([sys.executable, "-m", "qwenpt.convert", "import", "--hf", str(work / "hf"), "--out", str(work / "ckpt")])
     exp = run([sys.executable, "-m", "qwenpt.convert", "export", "--ckpt", str(work / "ckpt"), "--out", str(work / "hf_back"),
                "--max-shard-gib", "1"])

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT, hf_model, model_config, run_train
 from qwenpt.config import ConfigError
 
+TOKENIZER_DIR = ROOT / "qwenpt" / "assets" / "tokenizer"
 MODELS = {
     "dense_gqa": dict(name="tiny", tie_embeddings=False),  # GQA, untied
     "tied": dict(name="tiny"),  # GQA, tied embeddings
@@ -102,8 +103,15 @@ def test_export_reproduces_every_tensor(converted, key, tmp_path):
     from qwenpt.convert.hf import export_hf
 
     ref, hf_dir, ckpt, _ = converted[key]
-    export_hf(ckpt, tmp_path / "out")
-    original, exported = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    # shards of at most 2 MB: several files and an index, as save_pretrained writes large models
+    summary = export_hf(ckpt, tmp_path / "out", max_shard_gib=2 / 1024, tokenizer=TOKENIZER_DIR)
+    assert len(summary["files"]) > 1 and "tokenizer.json" in summary["tokenizer_files"]
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == summary["files"]
+    exported = {}
+    for f in summary["files"]:
+        exported.update(load_file(str(tmp_path / "out" / f)))
+    original = load_file(str(hf_dir / "model.safetensors"))
     original = {k: v for k, v in original.items() if not k.endswith("inv_freq")}
     assert sorted(exported) == sorted(original)
     assert all(torch.equal(exported[k], original[k]) for k in original)

@@ -32,6 +32,7 @@ from qwenpt.convert.hf_io import (
     model_config_from_hf,
     read_hf_config,
 )
+from qwenpt.convert.stream import save_on_demand
 from qwenpt.models import build_model
 from qwenpt.models.registry import FAMILIES
 
@@ -80,12 +81,14 @@ def hf_config_for(m: Any, dtype: torch.dtype) -> dict:
     return cfg
 
 
-def _world_of_one(m: Any, dtype: torch.dtype) -> torch.nn.Module:
+def _world_of_one(m: Any, dtype: torch.dtype, device: str = "cpu") -> torch.nn.Module:
+    """The model at TP=PP=EP=1 in this one process (``device="meta"``: shapes only, no memory)."""
     if distributed.world_size_from_env() != 1:
         raise ConfigError("import and export run in one process (they need no process per rank); run them without torchrun")
     logging.getLogger("megatron.core").setLevel(logging.WARNING)
     distributed.initialize(ParallelConfig(), seed=0)
-    return build_model(m, ParallelConfig(), dtype, perform_initialization=False)[0]
+    with torch.device(device):
+        return build_model(m, ParallelConfig(), dtype, perform_initialization=False)[0]
 
 
 def model_config_of_checkpoint(ckpt: Path) -> ModelConfig:
@@ -105,7 +108,9 @@ def _stored_dtype(ckpt: Path) -> str:
 
 def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None, family: Optional[str] = None,
               dtype: Optional[str] = None) -> dict:
-    """Convert a Hugging Face Qwen directory into a megatron-core dist checkpoint at ``out``."""
+    """Convert a Hugging Face Qwen directory into a megatron-core dist checkpoint at ``out``, one
+    tensor at a time: the model exists only on the meta device, and each parameter is read from the
+    safetensors and converted when the writer reaches it (:mod:`qwenpt.convert.stream`)."""
     start = time.perf_counter()
     hf_dir, out = Path(hf_dir), Path(out)
     cfg = read_hf_config(hf_dir)
@@ -114,14 +119,13 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
     dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
-    model = _world_of_one(m, DTYPES[dtype])
-    params = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+    model = _world_of_one(m, DTYPES[dtype], device="meta")
+    meta = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     reader = SafetensorsReader(hf_dir)
-    meta = {k: torch.empty(p.shape, device="meta") for k, p in params.items()}
     expected: dict[str, tuple] = {}  # checkpoint tensor -> the shape config.json's architecture needs
     for group in _groups(m):
         expected.update({k: tuple(t.shape) for k, t in _to_hf(meta, m, group).items()})
-    # refuse tensors the model has no place for before converting anything
+    # refuse a checkpoint that does not fit before writing anything
     unknown = reader.keys() - set(expected)
     if m.tie_embeddings:  # some tied checkpoints carry the tied copy too
         unknown.discard("lm_head.weight")
@@ -129,29 +133,31 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
     if unknown:
         raise ConfigError(f"{hf_dir}: {len(unknown)} tensors this model has no place for (nothing was written): "
                           f"{', '.join(sorted(unknown)[:20])}")
-    read: set[str] = set()
-
-    def get(key: str) -> torch.Tensor:
-        tensor = reader.get(key)
-        if key in expected and tuple(tensor.shape) != expected[key]:
-            raise ConfigError(f"{hf_dir}: tensor {key} has shape {list(tensor.shape)}, but config.json's "
-                              f"architecture needs {list(expected[key])}")
-        read.add(key)
-        return tensor
-
-    filled: set[str] = set()
-    with torch.no_grad():
-        for group in _groups(m):
-            for key, tensor in _to_megatron(_read_group(get, m, group), m, group).items():
-                params[key].copy_(tensor)
-                filled.add(key)
-    missing = set(params) - filled
+    missing = set(expected) - reader.keys()
     if missing:
-        raise ConfigError(f"{hf_dir}: no tensor for {', '.join(sorted(missing)[:20])}")
+        raise ConfigError(f"{hf_dir}: no tensor {', '.join(sorted(missing)[:20])} (nothing was written)")
+    for key, shape in expected.items():
+        got = reader.shape(key)
+        if got != shape:
+            raise ConfigError(f"{hf_dir}: tensor {key} has shape {list(got)}, but config.json's architecture "
+                              f"needs {list(shape)} (nothing was written)")
+    last: dict[str, torch.Tensor] = {}
+
+    def get_raw(key: str) -> torch.Tensor:  # keeps the last one: Qwen v1's c_attn serves q, k and v
+        if key not in last:
+            last.clear()
+            last[key] = reader.get(key)
+        return last[key]
+
+    if _layout(m) == "qwen":
+        def get(key: str) -> torch.Tensor:
+            return qwen1.qwen2_tensor(key, get_raw, m)
+    else:
+        get = get_raw
     run_config = OmegaConf.to_yaml({"model": dataclasses.asdict(m), "convert": {"from": str(hf_dir), "dtype": dtype}})
-    checkpoint.save_model(out, [model], run_config=run_config)
-    n = sum(p.numel() for p in params.values())
-    summary = {"checkpoint": str(out), "model": dataclasses.asdict(m), "parameters": n, "tensors_read": len(read),
+    save_on_demand(model, out, lambda param: qwen2.megatron_param(param, get, m), DTYPES[dtype], run_config)
+    n = sum(t.numel() for t in meta.values())
+    summary = {"checkpoint": str(out), "model": dataclasses.asdict(m), "parameters": n, "tensors_read": len(expected),
                "dtype": dtype, "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
     log.info("imported %s (%s, %.3fB parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir, m.family,
              n / 1e9, dtype, out, summary["seconds"], summary["peak_rss_gib"])
@@ -160,7 +166,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
 
 def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
               dtype: Optional[str] = None, max_shard_gib: float = 5.0) -> dict:
-    """Write a megatron-core checkpoint (any layout, full or seed) as a Hugging Face directory."""
+    """Write a megatron-core checkpoint (any layout, full or seed) as a Hugging Face directory. It
+    loads the model once at TP=PP=1 (dist_checkpointing gathers any layout's shards), in the
+    export dtype, then writes it shard by shard."""
     start = time.perf_counter()
     ckpt = checkpoint.resolve(ckpt)
     m = model_config_of_checkpoint(ckpt)

@@ -100,13 +100,20 @@ class SafetensorsReader:
     def keys(self) -> set[str]:
         return set(self.where)
 
-    def get(self, key: str) -> torch.Tensor:
+    def _file(self, key: str) -> Any:
         if key not in self.where:
             raise ConfigError(f"{self.dir}: the checkpoint has no tensor {key!r}, which this architecture needs")
         name = self.where[key]
         if name not in self._open:
             self._open[name] = safe_open(str(self.dir / name), framework="pt")
-        return self._open[name].get_tensor(key)
+        return self._open[name]
+
+    def shape(self, key: str) -> tuple:
+        """A tensor's shape, read from the file header (no data)."""
+        return tuple(self._file(key).get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._file(key).get_tensor(key)
 
 
 class ShardedSafetensorsWriter:

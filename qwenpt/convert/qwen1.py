@@ -68,6 +68,22 @@ def outer_from_qwen2(q2: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Ten
     return {a: q2[b] for a, b in _outer(m)}
 
 
+def qwen2_tensor(name: str, get_v1: Any, m: Any) -> torch.Tensor:
+    """The Qwen2-layout tensor ``name`` read from a v1 checkpoint with ``get_v1``."""
+    for a, b in _outer(m):
+        if b == name:
+            return get_v1(a)
+    i = int(name.split(".")[2])  # model.layers.{i}....
+    for a, b in _simple(i):
+        if b == name:
+            return get_v1(a)
+    for kind in ("weight", "bias"):
+        for j, p in enumerate("qkv"):
+            if name == f"model.layers.{i}.self_attn.{p}_proj.{kind}":
+                return get_v1(f"transformer.h.{i}.attn.c_attn.{kind}").chunk(3)[j]
+    raise KeyError(f"{name} has no Qwen v1 counterpart")
+
+
 def hf_config(m: Any) -> dict:
     """config.json of the v1 model (QWenLMHeadModel needs its remote code: copy its .py files along)."""
     return {

@@ -140,6 +140,25 @@ def layer_to_hf(meg: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, torch
     return out
 
 
+def megatron_param(name: str, get: Any, m: Any) -> torch.Tensor:
+    """One megatron-core parameter (TP=1 name) from the HF tensors it is made of, read with ``get``."""
+    outer = dict(_outer_renames(m))
+    if name in outer:
+        return get(outer[name])
+    i = int(name.split(".")[2])  # decoder.layers.{i}....
+    renamed = dict(_layer_renames(m, i))
+    if name in renamed:
+        return get(renamed[name])
+    a, h = f"decoder.layers.{i}.self_attention", f"model.layers.{i}.self_attn"
+    for kind in ("weight", "bias"):
+        if name == f"{a}.linear_qkv.{kind}":
+            return _qkv(*(get(f"{h}.{p}_proj.{kind}") for p in "qkv"), m)
+    for meg, src in _swiglu_pairs(m, i):
+        if name == f"{meg}.linear_fc1.weight":
+            return torch.cat([get(f"{src}.gate_proj.weight"), get(f"{src}.up_proj.weight")])
+    raise KeyError(f"{name} is not a parameter of a Qwen2-layout model")
+
+
 def outer_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
     return {meg: hf[name] for meg, name in _outer_renames(m)}
 
