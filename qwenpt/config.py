@@ -258,6 +258,52 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
     )
 
 
+def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
+    """'tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1, experts ep 2 x etp 1, alltoall', as the logs say it."""
+    p = parallel
+    text = (
+        f"tp {p.tensor_model_parallel_size}{' (sp)' if p.sequence_parallel else ''} x "
+        f"pp {p.pipeline_model_parallel_size}"
+        f"{f' (x{p.virtual_pipeline_model_parallel_size} virtual)' if p.virtual_pipeline_model_parallel_size else ''}"
+        f" x cp {p.context_parallel_size} x dp {dp}"
+    )
+    if moe:
+        etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+        text += f", experts ep {p.expert_model_parallel_size} x etp {etp}, {p.moe_token_dispatcher_type}"
+    if p.use_distributed_optimizer:
+        text += ", distributed optimizer"
+    if p.recompute_granularity:
+        text += f", {p.recompute_granularity} recompute"
+    return text
+
+
+def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+    )
+    model = [
+        DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    for chunk in model:
+        chunk.broadcast_params()  # identical start on every data-parallel replica
+    return model
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of token losses and the token count: megatron-core divides by the global count."""
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.float().view(-1)
+    loss = torch.sum(losses * mask)
+    tokens = mask.sum().to(torch.int)
+    return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+
+
 def data_parallel_size(parallel: Any, world_size: int) -> int:
     model_parallel = (
         parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size

@@ -58,6 +58,14 @@ def init_process_group() -> Runtime:
 def initialize(parallel: Any, seed: int) -> Runtime:
     """Process group, megatron-core model-parallel groups, and seeds (same init on every DP rank)."""
     rt = init_process_group()
+    init_parallel_state(parallel)
+    seed_everything(seed)
+    return rt
+
+
+def init_parallel_state(parallel: Any, gloo_groups: bool = True) -> None:
+    """megatron-core's TP/PP/VPP/CP/EP groups for a layout, on the current default process group
+    (``gloo_groups=False``: no gloo side groups, as on torch's fake process group)."""
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
@@ -67,9 +75,8 @@ def initialize(parallel: Any, seed: int) -> Runtime:
         context_parallel_size=parallel.context_parallel_size,
         expert_model_parallel_size=parallel.expert_model_parallel_size,
         expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
+        create_gloo_process_groups=gloo_groups,
     )
-    seed_everything(seed)
-    return rt
 
 
 def seed_everything(seed: int) -> None:

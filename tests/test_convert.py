@@ -214,3 +214,18 @@ def test_train_from_hf_at_tp2_then_reshard_to_tp1_and_pp2(converted, tmp_path):
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY ")]
     result = json.loads(line.split("VERIFY ", 1)[1])
     assert result["layout"] == {"tp": 1, "pp": 2} and result["max_abs_diff"] <= 1e-5
+
+
+def test_init_from_hf_refuses_weights_of_another_architecture(converted):
+    from hydra import compose, initialize_config_dir
+
+    from qwenpt.config import register, validate
+
+    _, hf_dir, _, _ = converted["dense_gqa"]
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=["model=tiny_moe", f"checkpoint.init_from_hf={hf_dir}"])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert f"checkpoint.init_from_hf: {hf_dir} is not model=tiny_moe" in str(err.value)
+    assert "tie_embeddings False vs False" not in str(err.value) and "num_experts 8 vs None" in str(err.value)

@@ -21,7 +21,7 @@ headroom for them (``--headroom``, 10% by default).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 GiB = 1024**3
 
@@ -166,7 +166,3 @@ def stage_memory(
 def expert_data_parallel_size(p: Any, world_size: int) -> int:
     etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
     return world_size // (etp * p.expert_model_parallel_size * p.pipeline_model_parallel_size)
-
-
-def fmt_gib(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x / GiB:,.1f}"

@@ -21,7 +21,7 @@ def real_stage_params(model: Any, parallel: Any, world_size: int, pp_rank: int) 
     from megatron.core import parallel_state
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from qwenpt import cpu_compat
+    from qwenpt import cpu_compat, distributed
     from qwenpt.models.builder import build_model
 
     cpu_compat.install()
@@ -31,15 +31,7 @@ def real_stage_params(model: Any, parallel: Any, world_size: int, pp_rank: int) 
     rank = pp_rank * (world_size // parallel.pipeline_model_parallel_size)
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
-        parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-            virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-            context_parallel_size=parallel.context_parallel_size,
-            expert_model_parallel_size=parallel.expert_model_parallel_size,
-            expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
-            create_gloo_process_groups=False,  # gloo cannot run on the fake store
-        )
+        distributed.init_parallel_state(parallel, gloo_groups=False)  # gloo cannot run on the fake store
         with torch.device("meta"):
             chunks = build_model(model, parallel, torch.bfloat16, perform_initialization=False)
         dense = expert = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from qwenpt.config import ConfigError, data_parallel_size, validate
+from qwenpt.config import ConfigError, data_parallel_size, describe_layout, validate
 from qwenpt.flops import PEAK_BF16_TFLOPS, training_flops_per_token
 from qwenpt.models import param_counts
 from qwenpt.plan.memory import GiB, StageMemory, expert_data_parallel_size, stage_memory
@@ -119,8 +119,6 @@ def make_plan(cfg: Any, world_size: int, gpu: Gpu, mfu: float = 0.4, headroom: f
 
 
 def render(plan: Plan, cfg: Any) -> str:
-    from qwenpt.training.loop import describe_layout
-
     p, t = cfg.parallel, cfg.train
     shown = plan.stages if len(plan.stages) <= 8 else [plan.stages[0], plan.peak_stage, plan.stages[-1]]
     cols = [f"stage {s.pp_rank}" for s in shown]
