@@ -277,33 +277,6 @@ def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
     return text
 
 
-def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=parallel.overlap_grad_reduce,
-        overlap_param_gather=parallel.overlap_param_gather,
-        use_distributed_optimizer=parallel.use_distributed_optimizer,
-    )
-    model = [
-        DistributedDataParallel(
-            config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0
-        )
-        for i, chunk in enumerate(chunks)
-    ]
-    for chunk in model:
-        chunk.broadcast_params()  # identical start on every data-parallel replica
-    return model
-
-
-def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of token losses and the token count: megatron-core divides by the global count."""
-    losses = output_tensor.float().view(-1)
-    mask = loss_mask.float().view(-1)
-    loss = torch.sum(losses * mask)
-    tokens = mask.sum().to(torch.int)
-    return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
-
-
 def data_parallel_size(parallel: Any, world_size: int) -> int:
     model_parallel = (
         parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size
