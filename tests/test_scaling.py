@@ -18,12 +18,13 @@ from qwenpt.scaling.laws import LossLawFit, fit_loss_law, huber_delta_for, log_r
 from qwenpt.scaling.mixing import best_mixture, fit_mixing_law, rank_agreement
 from qwenpt.scaling.runs import collect_runs
 
-from conftest import ROOT, SHARED, run_train
+from conftest import ROOT, run_train
 
 # Epoch AI's refit of Chinchilla (Besiroglu et al. 2024).
 EPOCH = LossLawFit(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, objective=0.0, n_points=0)
-OLMO = SHARED / "scaling-data" / "olmo-ladder" / "peteish-moreeval"
-REGMIX = SHARED / "scaling-data" / "regmix"
+PUBLISHED = ROOT / "analysis" / "data" / "published"  # real runs from elsewhere, with their licences
+OLMO = PUBLISHED / "olmo-ladder" / "peteish-moreeval"
+REGMIX = PUBLISHED / "regmix"
 
 
 def isoflop_design(law: LossLawFit, budgets=(1e18, 1e19, 1e20, 1e21, 1e22), per_budget: int = 7):
