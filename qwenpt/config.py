@@ -7,14 +7,16 @@ types cannot (divisibility of heads by TP, batch arithmetic, files that must exi
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from data_pipeline.qwen import MODELS as QWEN_TOKENIZERS
 from qwenpt.models.registry import FAMILIES
 
 
@@ -33,12 +35,15 @@ class ModelConfig:
     ffn_hidden_size: int = MISSING  # dense SwiGLU width (Qwen v1: half its HF intermediate_size)
     num_attention_heads: int = MISSING
     num_query_groups: int = MISSING  # = heads for MHA, fewer for GQA
+    # width of one attention head; null: hidden_size / num_attention_heads (Qwen3 decouples it: 128)
+    kv_channels: Optional[int] = None
     vocab_size: int = MISSING  # embedding rows, already padded (151936 / 152064)
     max_position_embeddings: int = MISSING
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     qkv_bias: bool = True
+    qk_layernorm: bool = False  # Qwen3: RMSNorm over each query and key head before RoPE
     init_std: float = 0.02
     # Mixture of experts (Qwen1.5-MoE, Qwen2-MoE); num_experts null means dense.
     num_experts: Optional[int] = None
@@ -47,6 +52,9 @@ class ModelConfig:
     moe_shared_expert_ffn_hidden_size: Optional[int] = None
     moe_norm_topk_prob: bool = False  # Qwen2-MoE: top-k after softmax, no renormalisation
     moe_aux_loss_coeff: float = 0.001
+    # megatron-core's moe_router_load_balancing_type: aux_loss (per micro-batch, Qwen1.5/2-MoE),
+    # global_aux_loss (expert loads counted over the global batch, Qwen3-MoE), seq_aux_loss or none
+    moe_load_balancing: str = "aux_loss"
 
 
 @dataclass
@@ -79,7 +87,9 @@ class BlendEntry:
 class DataConfig:
     # Empty blend: use the bundled multilingual sample (tokenized into cache_dir on first use).
     blend: List[BlendEntry] = field(default_factory=list)
-    tokenizer: Optional[str] = None  # tokenizer.json or a directory holding one; null: bundled
+    # qwen2 / qwen2.5 / qwen3 (rebuilt offline), a tokenizer.json or a directory holding one; null: qwen2
+    # for models with Qwen's vocabulary, the bundled 8192-token BPE for smaller ones (tiny)
+    tokenizer: Optional[str] = None
     # Bundled sample only: share per language (e.g. {en: 0.5, zh-cn: 0.5}); languages left out are
     # not trained on. Empty: every language, weighted by its tokens.
     sample_weights: Dict[str, float] = field(default_factory=dict)
@@ -105,12 +115,46 @@ class OptimConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Checks on every step's loss and grad norm (qwenpt/training/guard.py); see README "Failure handling"."""
+
+    # a NaN/Inf loss or grad norm: stop (exit naming the step and the last good checkpoint; the update is
+    # never applied) | skip (drop the step's update, count it, go on)
+    nonfinite: str = "stop"
+    max_skips_in_a_row: int = 3  # skip: stop when this many steps in a row were non-finite
+    # a loss above spike_factor x the median of the last spike_window finite losses is a spike: logged,
+    # or the run stops with spike_action=stop. 0 disables.
+    spike_factor: float = 3.0
+    spike_window: int = 50
+    spike_action: str = "warn"  # warn | stop
+    # Fault injection, for tests only: "WHERE*FACTOR@STEPS[/RANK]" multiplies the loss (WHERE=loss) or the
+    # gradients before their all-reduce (WHERE=grad) by FACTOR (nan, inf, or a number) at STEPS ("5" or
+    # "5-7"), on one rank or all; "hang@STEP[/RANK]" blocks that step (tests the watchdog); "+" joins several.
+    inject: Optional[str] = None
+
+
+@dataclass
+class WatchdogConfig:
+    """Hang detection (qwenpt/training/watchdog.py): a stuck rank dumps every thread's stack and exits."""
+
+    factor: float = 10.0  # a train step taking longer than factor x the median step time is a hang; 0 disables
+    min_s: float = 120.0  # ... but never below this many seconds
+    exit_code: int = 75  # what a hung process exits with (EX_TEMPFAIL: retry)
+    # every collective (NCCL/gloo) and the first steps, evaluation and checkpoint saves wait at most this long
+    collective_timeout_s: float = 1800.0
+
+
+@dataclass
 class TrainConfig:
     steps: int = 300
     micro_batch_size: int = 4
     global_batch_size: int = 16
     seed: int = 1234
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # FP8 GEMMs through Transformer Engine (GPU, compute capability >= 8.9) on top of bf16: null (off) |
+    # hybrid (e4m3 forward, e5m2 gradients) | e4m3; recipe: delayed | tensorwise | blockwise | mxfp8 (Blackwell)
+    fp8: Optional[str] = None
+    fp8_recipe: str = "delayed"
     eval_interval: int = 50
     eval_steps: int = 4
     # Also evaluate each data source (language) alone on its own validation split, the same samples
@@ -123,6 +167,8 @@ class TrainConfig:
     # preemption, then requeues; the requeued job resumes). null disables either.
     exit_signal: Optional[str] = "SIGUSR1"
     stop_file: Optional[str] = "${train.run_dir}/STOP"
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
 
 @dataclass
@@ -152,13 +198,23 @@ class CheckpointConfig:
     # Start from these weights (a checkpoint directory, or a checkpoints root: its latest) when the run
     # has no checkpoint of its own; any TP/PP/VPP/EP layout can read any other's. Weights only.
     init_from: Optional[str] = None
-    # Start from Hugging Face weights (a Qwen/Qwen1.5/Qwen2/Qwen2.5 directory with config.json and
+    # Start from Hugging Face weights (a Qwen/Qwen1.5/Qwen2/Qwen2.5/Qwen3 directory with config.json and
     # safetensors): converted once into <dir>/hf_import, then loaded like init_from, at any layout.
     init_from_hf: Optional[str] = None
     # Initialise the model in one process, save it to <dir>/seed and exit. Runs in any layout started
     # with init_from=<dir>/seed then begin from the same weights (layers built on different pipeline
     # stages or expert ranks are otherwise initialised from different random streams).
     create_seed: bool = False
+    # Write checkpoints in the background (megatron-core's async dist_checkpointing, torch_dist): training
+    # goes on while the files are written; published (renamed into place, `latest`) when all ranks are done.
+    async_save: bool = False
+    # Every checkpoint's qwenpt_manifest.json (written last) records each file's size; with checksums=true
+    # also its SHA-256 (the checkpoint is read back once at save). Resume checks them before loading.
+    checksums: bool = False
+    # Resuming with a different LR schedule (train.steps, optim.lr/min_lr/schedule/warmup/wsd/weight_decay)
+    # than the checkpoint's: false refuses and lists the differences; true rebuilds the schedule from the new
+    # config, keeping the step count.
+    override_schedule: bool = False
 
 
 @dataclass
@@ -189,10 +245,14 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
     _check(m.family in FAMILIES, f"model.family {m.family!r} is unknown; use one of {sorted(FAMILIES)}")
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size"):
         _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
-    _check(
-        m.hidden_size % m.num_attention_heads == 0,
-        f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}",
-    )
+    if m.kv_channels is None:
+        _check(
+            m.hidden_size % m.num_attention_heads == 0,
+            f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}; "
+            "set model.kv_channels (the head width) explicitly",
+        )
+    else:
+        _check(m.kv_channels > 0, f"model.kv_channels must be positive (or null), got {m.kv_channels}")
     _check(
         m.num_attention_heads % m.num_query_groups == 0,
         f"model.num_attention_heads {m.num_attention_heads} is not divisible by "
@@ -203,6 +263,10 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
         _check(
             1 <= m.moe_router_topk <= m.num_experts,
             f"model.moe_router_topk {m.moe_router_topk} must be between 1 and model.num_experts {m.num_experts}",
+        )
+        _check(
+            m.moe_load_balancing in ("aux_loss", "global_aux_loss", "seq_aux_loss", "none"),
+            f"model.moe_load_balancing {m.moe_load_balancing!r} must be aux_loss, global_aux_loss, seq_aux_loss or none",
         )
     if parallel is None:
         return
@@ -258,6 +322,40 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
     )
 
 
+FP8_FORMATS = ("hybrid", "e4m3")
+FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}  # minimum GPU
+
+
+def validate_fp8(t: Any) -> None:
+    """train.fp8: a known format and recipe, bf16 underneath, and a GPU with Transformer Engine that has FP8."""
+    _check(t.fp8_recipe in FP8_RECIPES, f"train.fp8_recipe {t.fp8_recipe!r} must be one of {', '.join(FP8_RECIPES)}")
+    if t.fp8 is None:
+        return
+    _check(t.fp8 in FP8_FORMATS, f"train.fp8 {t.fp8!r} must be null (off), hybrid or e4m3")
+    _check(t.precision in ("auto", "bf16"), f"train.fp8={t.fp8} runs on top of bf16; set train.precision=bf16, not {t.precision}")
+    import torch
+
+    _check(
+        torch.cuda.is_available(),
+        f"train.fp8={t.fp8} needs an NVIDIA GPU (FP8 GEMMs are Transformer Engine kernels) and this machine has none; "
+        "set train.fp8=null",
+    )
+    from qwenpt.models.builder import use_transformer_engine
+
+    _check(
+        use_transformer_engine(),
+        f"train.fp8={t.fp8} needs Transformer Engine, which does not import here; install it "
+        "(pip install -e '.[gpu]', or scripts/gpu_setup.sh on a machine without network) or set train.fp8=null",
+    )
+    need, have = FP8_RECIPES[t.fp8_recipe], torch.cuda.get_device_capability()
+    _check(
+        have >= need,
+        f"train.fp8_recipe={t.fp8_recipe} needs compute capability {need[0]}.{need[1]} or newer; "
+        f"{torch.cuda.get_device_name()} has {have[0]}.{have[1]} (FP8 needs Ada/Hopper, mxfp8 Blackwell); "
+        "set train.fp8=null",
+    )
+
+
 def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
     """'tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1, experts ep 2 x etp 1, alltoall', as the logs say it."""
     p = parallel
@@ -290,10 +388,48 @@ def data_parallel_size(parallel: Any, world_size: int) -> int:
     return world_size // model_parallel
 
 
+def _unknown_keys(node: Any, path: str = "") -> None:
+    """Hydra's ``+group.key=value`` adds keys the schema lacks, bypassing its struct check: refuse them."""
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return
+    known = {f.name for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        name = f"{path}{key}"
+        _check(
+            key in known,
+            f"{name} is not a setting (a typo, or `+{name}=...` adding a key the schema lacks); "
+            f"{path.rstrip('.') or 'the config'} has: {', '.join(sorted(known))}",
+        )
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _unknown_keys(child, f"{name}.")
+        elif isinstance(child, ListConfig):
+            for i, item in enumerate(child):
+                if isinstance(item, DictConfig):
+                    _unknown_keys(item, f"{name}[{i}].")
+
+
+def _validate_guard(t: Any) -> None:
+    g, w = t.guard, t.watchdog
+    _check(g.nonfinite in ("stop", "skip"), f"train.guard.nonfinite {g.nonfinite!r} must be stop or skip")
+    _check(g.max_skips_in_a_row >= 1, f"train.guard.max_skips_in_a_row must be at least 1, got {g.max_skips_in_a_row}")
+    _check(g.spike_factor == 0 or g.spike_factor > 1, f"train.guard.spike_factor {g.spike_factor} must be 0 (off) or above 1")
+    _check(g.spike_window >= 1, f"train.guard.spike_window must be at least 1, got {g.spike_window}")
+    _check(g.spike_action in ("warn", "stop"), f"train.guard.spike_action {g.spike_action!r} must be warn or stop")
+    if g.inject is not None:
+        from qwenpt.training.guard import parse_injections
+
+        parse_injections(g.inject)
+    _check(w.factor >= 0 and w.min_s > 0, f"train.watchdog.factor {w.factor} must be >= 0 and min_s {w.min_s} positive")
+    _check(w.collective_timeout_s > 0, f"train.watchdog.collective_timeout_s must be positive, got {w.collective_timeout_s}")
+
+
 def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = True) -> None:
     """Check everything a run needs before any process group, model or dataset is created
     (``check_files=False``: not the data, tokenizer and checkpoint paths, as the planner runs away
     from the cluster's file systems)."""
+    _unknown_keys(cfg)
     validate_model(cfg.model, cfg.parallel)
     p, t, o, d = cfg.parallel, cfg.train, cfg.optim, cfg.data
     dp = data_parallel_size(p, world_size)
@@ -313,6 +449,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
     )
     _check(t.steps > 0, f"train.steps must be positive, got {t.steps}")
     _check(t.precision in ("auto", "fp32", "bf16"), f"train.precision {t.precision!r} must be auto, fp32 or bf16")
+    validate_fp8(t)
     if t.exit_signal is not None:
         _check(
             isinstance(getattr(signal, t.exit_signal, None), signal.Signals),
@@ -338,7 +475,20 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         f"optim.schedule {o.schedule!r} must be cosine, wsd, linear or constant",
     )
     _check(0 <= o.min_lr <= o.lr, f"optim.min_lr {o.min_lr} must be between 0 and optim.lr {o.lr}")
-    _check(0 <= o.warmup_steps <= t.steps, f"optim.warmup_steps {o.warmup_steps} must be between 0 and train.steps {t.steps}")
+    _check(
+        0 <= o.warmup_steps < t.steps,
+        f"optim.warmup_steps {o.warmup_steps} must be at least 0 and less than train.steps {t.steps} "
+        "(the schedule warms up, then decays over the remaining steps); lower optim.warmup_steps or raise train.steps",
+    )
+    if o.schedule == "wsd":
+        _check(0 < o.wsd_decay_fraction <= 1, f"optim.wsd_decay_fraction {o.wsd_decay_fraction} must be in (0, 1]")
+        decay = int(round(o.wsd_decay_fraction * t.steps))
+        _check(
+            o.warmup_steps + decay <= t.steps,
+            f"optim.warmup_steps {o.warmup_steps} + the WSD decay ({decay} steps = optim.wsd_decay_fraction "
+            f"{o.wsd_decay_fraction} x train.steps {t.steps}) exceed train.steps {t.steps}",
+        )
+    _validate_guard(t)
     for i, entry in enumerate(d.blend):
         for ext in (".bin", ".idx") if check_files else ():
             path = Path(f"{entry.prefix}{ext}").expanduser()
@@ -348,6 +498,16 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
                 "or fix the path",
             )
         _check(entry.weight > 0, f"data.blend[{i}].weight must be positive, got {entry.weight}")
+        if check_files:
+            from qwenpt.data import max_token_id
+
+            top = max_token_id(entry.prefix, d.cache_dir)
+            _check(
+                top < cfg.model.vocab_size,
+                f"data.blend[{i}].prefix: {entry.prefix} holds token id {top}, but model.vocab_size is "
+                f"{cfg.model.vocab_size}; it was tokenized with a larger vocabulary than this model's (re-tokenize "
+                "it with the model's tokenizer, or pick the model it was made for)",
+            )
     if d.sample_weights:
         from qwenpt.data import sample_languages
 
@@ -356,11 +516,12 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         for lang, w in d.sample_weights.items():
             _check(lang in langs, f"data.sample_weights: {lang!r} is not a language of the bundled sample ({', '.join(langs)})")
             _check(w > 0, f"data.sample_weights.{lang} must be positive, got {w}; leave the language out instead")
-    if d.tokenizer is not None and check_files:
+    if d.tokenizer is not None and str(d.tokenizer).lower() not in QWEN_TOKENIZERS and check_files:
         tok = Path(d.tokenizer).expanduser()
         _check(
             tok.is_file() or (tok / "tokenizer.json").is_file(),
-            f"data.tokenizer: {tok} is neither a tokenizer.json nor a directory holding one",
+            f"data.tokenizer: {tok} is neither a tokenizer.json nor a directory holding one, nor one of "
+            f"{', '.join(QWEN_TOKENIZERS)}",
         )
     _check(
         cfg.checkpoint.optim_sharding in ("dp_reshardable", "fully_reshardable"),
@@ -377,14 +538,19 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         if check_files:
             from qwenpt.convert.hf_io import model_config_from_hf, read_hf_config
 
-            hf = model_config_from_hf(read_hf_config(cfg.checkpoint.init_from_hf), cfg.model.name, cfg.model.family)
+            from qwenpt.models.size import head_dim
+
+            hf = model_config_from_hf(read_hf_config(cfg.checkpoint.init_from_hf), cfg.model.name, cfg.model.family,
+                                      source=str(Path(cfg.checkpoint.init_from_hf) / "config.json"))
             differ = [
                 f"{k} {getattr(cfg.model, k)} vs {getattr(hf, k)}"
                 for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                          "vocab_size", "tie_embeddings", "num_experts", "moe_ffn_hidden_size", "moe_router_topk",
-                          "moe_shared_expert_ffn_hidden_size")
+                          "vocab_size", "tie_embeddings", "qkv_bias", "qk_layernorm", "num_experts",
+                          "moe_ffn_hidden_size", "moe_router_topk", "moe_shared_expert_ffn_hidden_size")
                 if getattr(cfg.model, k) != getattr(hf, k)
             ]
+            if head_dim(cfg.model) != head_dim(hf):
+                differ.append(f"head width (kv_channels) {head_dim(cfg.model)} vs {head_dim(hf)}")
             _check(not differ, f"checkpoint.init_from_hf: {cfg.checkpoint.init_from_hf} is not model={cfg.model.name} "
                                f"(model vs its config.json: {'; '.join(differ)}); pick the matching model config")
     if cfg.checkpoint.init_from is not None and check_files:

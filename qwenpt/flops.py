@@ -2,13 +2,15 @@
 
 Per token and layer, counting 2 FLOPs per multiply-accumulate of every matmul:
 
-    attention projections  2 * h * (q + 2*kv) + 2 * q * h        q = heads*d, kv = groups*d (GQA)
+    attention projections  2 * h * (q + 2*kv) + 2 * q * h        q = heads*d, kv = groups*d (GQA), d the
+                                                                  head width (Qwen3: 128, not h/heads)
     attention scores/values 2 * 2 * q * (s + 1) / 2               causal: token i attends to i keys
     MLP, dense SwiGLU      2 * 3 * h * f
     MLP, MoE               2 * h * E (router) + k * 2 * 3 * h * f_e + 2 * 3 * h * f_s + 2 * h (shared gate)
 plus the LM head, 2 * h * V per token. Training is 3x the forward (backward = 2x forward);
 activation recomputation is not counted (model FLOPs, as MFU is defined in the PaLM paper).
-Norms, RoPE, softmax and the loss are O(h) per token and left out.
+Norms (QK-norm included: elementwise, no matmul), RoPE, softmax and the loss are O(h) per token and
+left out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from qwenpt.models.size import attention_params, mlp_params
+from qwenpt.models.size import attention_widths, mlp_params
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by substring of the device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
@@ -26,10 +28,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, 
 def forward_flops_per_token(m: Any, seq_length: int, causal: bool = True) -> float:
     """Forward FLOPs per token; ``causal=False`` counts the full s x s score matrix (as kernels
     without causal skipping, and torch's FlopCounterMode, do)."""
-    head_dim = m.hidden_size // m.num_attention_heads
-    q = m.num_attention_heads * head_dim
-    bias = (q + 2 * m.num_query_groups * head_dim) if m.qkv_bias else 0
-    projections = 2 * (attention_params(m) - bias)
+    q, kv = attention_widths(m)
+    projections = 2 * m.hidden_size * (q + 2 * kv) + 2 * q * m.hidden_size
     scores = 2 * 2 * q * ((seq_length + 1) / 2 if causal else seq_length)
     mlp = 2 * (mlp_params(m, active=True))  # router, active experts, shared expert and its gate
     lm_head = 2 * m.hidden_size * m.vocab_size

@@ -38,11 +38,11 @@ def hf_model(m: ModelConfig, seed: int = 0):
     from qwenpt.convert.qwen2 import hf_config
 
     fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}
-    moe = m.num_experts is not None
-    config = (transformers.Qwen2MoeConfig if moe else transformers.Qwen2Config)(**fields)
+    arch = hf_config(m)["architectures"][0]  # Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3..., Qwen3Moe...
+    config = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**fields)
     torch.manual_seed(seed)
-    model = (transformers.Qwen2MoeForCausalLM if moe else transformers.Qwen2ForCausalLM)(config).eval()
-    with torch.no_grad():  # random norms and biases, so parity exercises them too
+    model = getattr(transformers, arch)(config).eval()
+    with torch.no_grad():  # random norms (QK-norms too) and biases, so parity exercises them too
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.normal_(1.0, 0.2)

@@ -40,6 +40,10 @@ def test_default_config_is_valid():
         (["data.tokenizer=/nonexistent/tok"], 1, "data.tokenizer: /nonexistent/tok is neither a tokenizer.json"),
         (["+data.sample_weights.xx=1.0"], 1, "data.sample_weights: 'xx' is not a language of the bundled sample (de, en, es"),
         (["+data.sample_weights.en=0.0"], 1, "data.sample_weights.en must be positive, got 0.0"),
+        (["model=tiny_qwen3", "model.hidden_size=130", "model.kv_channels=null"], 1,
+         "model.hidden_size 130 is not divisible by model.num_attention_heads 4; set model.kv_channels"),
+        (["model=tiny_qwen3_moe", "model.moe_load_balancing=global"], 1,
+         "model.moe_load_balancing 'global' must be aux_loss, global_aux_loss, seq_aux_loss or none"),
     ],
 )
 def test_validation_names_the_field(overrides, world, message):

@@ -22,7 +22,11 @@ MODELS = {
     "tied": dict(name="tiny"),  # GQA, tied embeddings
     "moe": dict(name="tiny_moe"),  # 8 experts top-2 + shared expert behind a sigmoid gate
     "qwen_v1": dict(name="tiny", num_query_groups=4, tie_embeddings=False, family="qwen", rope_theta=10000.0),
+    "qwen3": dict(name="tiny_qwen3"),  # Qwen3ForCausalLM: q_norm/k_norm, no bias, head_dim 64 != 128 / 4, tied
+    "qwen3_moe": dict(name="tiny_qwen3_moe"),  # Qwen3MoeForCausalLM: per-expert keys, norm_topk_prob, no shared expert
 }
+ARCHITECTURES = {"dense_gqa": "Qwen2ForCausalLM", "tied": "Qwen2ForCausalLM", "moe": "Qwen2MoeForCausalLM",
+                 "qwen_v1": "QWenLMHeadModel", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
 def _write_qwen_v1(ref: torch.nn.Module, m, out) -> None:
@@ -85,8 +89,8 @@ def test_import_gives_transformers_logits(converted, key, megatron_world):
 
     ref, _, ckpt, summary = converted[key]
     m = model_config_of_checkpoint(ckpt)
-    assert m.family == ("qwen" if key == "qwen_v1" else "qwen2") and summary["parameters"] == sum(
-        p.numel() for p in ref.parameters())
+    assert m.family == {"qwen_v1": "qwen", "qwen3": "qwen3", "qwen3_moe": "qwen3"}.get(key, "qwen2")
+    assert summary["parameters"] == sum(p.numel() for p in ref.parameters())
     model = build_model(m, ParallelConfig(), perform_initialization=False)
     checkpoint.load_model(ckpt, model)
     model[0].eval()
@@ -119,7 +123,7 @@ def test_export_reproduces_every_tensor(converted, key, tmp_path):
     if key == "qwen_v1":
         assert config["architectures"] == ["QWenLMHeadModel"] and config["intermediate_size"] == 704
         return
-    assert config["architectures"] == ["Qwen2MoeForCausalLM" if key == "moe" else "Qwen2ForCausalLM"]
+    assert config["architectures"] == [ARCHITECTURES[key]]
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     tokens = _tokens(config["vocab_size"])
     with torch.no_grad():
@@ -229,3 +233,29 @@ def test_init_from_hf_refuses_weights_of_another_architecture(converted):
         validate(cfg)
     assert f"checkpoint.init_from_hf: {hf_dir} is not model=tiny_moe" in str(err.value)
     assert "tie_embeddings False vs False" not in str(err.value) and "num_experts 8 vs None" in str(err.value)
+
+
+def test_import_cli_names_the_file_for_a_missing_key_and_a_truncated_safetensors(converted, tmp_path, capsys):
+    """Damaged inputs end in one clear line naming the file (and the key), exit status 2, nothing written."""
+    from qwenpt.convert.__main__ import main
+
+    _, hf_dir, _, _ = converted["qwen3_moe"]
+    no_key = tmp_path / "no_key"
+    shutil.copytree(hf_dir, no_key)
+    config = json.loads((hf_dir / "config.json").read_text())
+    del config["moe_intermediate_size"]
+    (no_key / "config.json").write_text(json.dumps(config))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(hf_dir, truncated)
+    data = (hf_dir / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted download
+    for src, message in [
+        (no_key, f"error: {no_key / 'config.json'}: no 'moe_intermediate_size', which a qwen3_moe config needs"),
+        (truncated, f"error: {truncated / 'model.safetensors'}: not a readable safetensors file "
+                    "(Error while deserializing header: incomplete metadata, file not fully covered); "
+                    "it is truncated or corrupt"),
+    ]:
+        assert main(["import", "--hf", str(src), "--out", str(tmp_path / f"{src.name}_ckpt")]) == 2
+        out = capsys.readouterr().out
+        assert message in out, out
+        assert "Traceback" not in out and not (tmp_path / f"{src.name}_ckpt").exists()

@@ -49,7 +49,20 @@ LAYOUTS = {
         "tp 2 (sp) x pp 1 x cp 1 x dp 2, experts ep 2 x etp 1, alltoall, distributed optimizer",
     ),
     "moe_tp2_sp_ep2_etp2_allgather": ("tiny_moe", 4, TP2_SP + EP2, "x dp 2, experts ep 2 x etp 2, allgather"),
+    # Qwen3: QK-norm (its weight gradient all-reduced over TP), head width 64 != hidden / heads
+    "qwen3_tp2_sp": ("tiny_qwen3", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
+    "qwen3_pp2": ("tiny_qwen3", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
+    # Qwen3-MoE: renormalised top-k, global-batch load balancing; EP2 spreads the batch over dp 2, so each
+    # rank's one micro-batch of 8 is half the reference's one micro-batch of 16 (the same global expert counts)
+    "qwen3_moe_ep2": ("tiny_qwen3_moe", 2, EP2 + ALLTOALL + ["train.micro_batch_size=8"],
+                      "x dp 2, experts ep 2 x etp 1, alltoall"),
+    "qwen3_moe_tp2_sp": ("tiny_qwen3_moe", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1, experts ep 1 x etp 2"),
 }
+# every run of a model, its reference included: global_aux_loss counts expert loads over the global batch as
+# far as the step has seen it (a running mean over micro-batches), so the reference takes the whole batch as one
+# micro-batch; and an aux-loss weight 10x Qwen3's, so that a wrong weight in a layout shows in the losses
+MODEL_OVERRIDES = {"tiny_qwen3_moe": ["train.micro_batch_size=16", "model.moe_aux_loss_coeff=0.01"]}
+MODELS = ("tiny", "tiny_moe", "tiny_qwen3", "tiny_qwen3_moe")
 
 
 def _launch(out, nproc: int, runs: dict[str, list[str]]) -> dict[str, str]:
@@ -74,10 +87,11 @@ def _launch(out, nproc: int, runs: dict[str, list[str]]) -> dict[str, str]:
 def layout_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("layouts")
     common = [*LAYOUT_COMMON, f"data.cache_dir={out / 'cache'}"]
-    seeds = {m: out / f"seed_{m}" / "checkpoints" / "seed" for m in ("tiny", "tiny_moe")}
-    start = {m: [*common, f"model={m}", f"checkpoint.init_from={seeds[m]}"] for m in seeds}
+    seeds = {m: out / f"seed_{m}" / "checkpoints" / "seed" for m in MODELS}
+    start = {m: [*common, f"model={m}", *MODEL_OVERRIDES.get(m, []), f"checkpoint.init_from={seeds[m]}"] for m in seeds}
     _launch(out, 1, {
-        **{f"seed_{m}": [*common, f"model={m}", "checkpoint.create_seed=true"] for m in seeds},
+        **{f"seed_{m}": [*common, f"model={m}", *MODEL_OVERRIDES.get(m, []), "checkpoint.create_seed=true"]
+           for m in seeds},
         **{f"single_{m}": start[m] for m in seeds},
     })
     logs = {}

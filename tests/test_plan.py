@@ -35,6 +35,8 @@ def _plan_cli(*args: str) -> tuple[int, str, dict]:
     ["+experiment=pretrain_qwen2_57b_a14b", "--gpus", "64"],  # TP4 x PP2 x EP8 (ETP1), shared expert
     ["model=qwen2.5_0.5b", "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2",
      "--gpus", "8"],  # tied embeddings: a synced copy on the last stage
+    ["+experiment=pretrain_qwen3_30b_a3b", "--gpus", "16"],  # QK-norm, heads of 128 on hidden 2048, EP16, no shared expert
+    ["+experiment=pretrain_qwen3_235b_a22b", "--gpus", "256"],  # TP4 SP x PP2 x EP32, 47 layers per stage
 ])
 def test_parameters_per_gpu_match_megatron_core_on_meta_device(args):
     rc, out, plan = _plan_cli(*args, "--check-megatron")
@@ -67,6 +69,27 @@ def test_72b_memory_and_step_time():
     assert full.stages[0].activations < first.activations / 10
 
 
+def test_qwen3_memory_counts_the_head_width_and_qk_norm():
+    """Qwen3-30B-A3B's heads are 32 x 128 = 4096 wide on a 2048 hidden size: activations and parameters
+    follow the head width, not hidden / heads."""
+    plan = make_plan(_cfg("+experiment=pretrain_qwen3_30b_a3b"), 16, H100)
+    (stage,) = plan.stages
+    assert (plan.dp, plan.expert_dp, plan.num_microbatches) == (16, 1, 32)
+    # 16 GPUs: embeddings x 2 (untied) + 48 layers x (attention 2048 x (4096 + 2 x 512) + 4096 x 2048, QK-norm 2 x 128,
+    # two RMSNorms, router 128 x 2048, and 8 of the 128 experts 3 x 2048 x 768) + the final norm
+    layer = 2048 * (4096 + 1024) + 4096 * 2048 + 2 * 128 + 2 * 2048 + 128 * 2048 + 8 * 3 * 2048 * 768
+    assert stage.params.total == 2 * 151936 * 2048 + 48 * layer + 2048 == 3_353_032_704
+    assert stage.optimizer == pytest.approx(12 * (stage.params.dense / 16 + stage.params.expert / 1))
+    # one layer, one micro-batch of 4096 tokens (bf16, no TP): norm and projection inputs 4 x 2048; q, k, v,
+    # attention output (2 x 4096 + 2 x 512) and QK-norm inputs (4096 + 512); 8 routed copies of each token
+    # (2048 in, 2 x 768 fc1 out, 768 activation out); fp32 router logits and probabilities over 128 experts
+    tokens = 4096
+    layer_act = 2 * tokens * (4 * 2048 + 2 * 4096 + 2 * 512 + 4096 + 512) + 8 * tokens * (2 * 2048 + 3 * 2 * 768) \
+        + 2 * 4 * tokens * 128
+    assert stage.activations == pytest.approx(48 * layer_act + 6 * tokens * 151936)  # + logits (bf16 + fp32)
+    assert plan.fits and plan.peak_stage.total / GiB == pytest.approx(64.54, abs=0.01)
+
+
 @pytest.mark.parametrize("overrides,gpus,message", [
     (["model=qwen2_7b", "parallel.tensor_model_parallel_size=8"], 8,
      "model.num_attention_heads 28 is not divisible by parallel.tensor_model_parallel_size 8"),
@@ -80,6 +103,9 @@ def test_72b_memory_and_step_time():
      "train.global_batch_size 510 is not divisible by train.micro_batch_size 1 x data-parallel size 4"),
     (["model=qwen2_57b_a14b", "parallel.tensor_model_parallel_size=2"], 2,
      "needs parallel.sequence_parallel=true"),
+    # the anchor's Qwen3-235B-A22B layout (PP 8) needs uneven pipeline stages
+    (["+experiment=pretrain_qwen3_235b_a22b", "parallel.tensor_model_parallel_size=2",
+      "parallel.pipeline_model_parallel_size=8"], 256, "model.num_layers 94 is not divisible into 8 pipeline stages"),
 ])
 def test_rejects_layouts_that_do_not_divide(overrides, gpus, message):
     with pytest.raises(ConfigError, match=None) as err:

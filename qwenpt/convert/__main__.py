@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--hf", required=True)
     imp.add_argument("--out", required=True)
     imp.add_argument("--name", default=None, help="model name recorded in the checkpoint (default: the directory's)")
-    imp.add_argument("--family", default=None, help="qwen, qwen1.5, qwen2 or qwen2.5 (default from config.json)")
+    imp.add_argument("--family", default=None, help="qwen, qwen1.5, qwen2, qwen2.5 or qwen3 (default from config.json)")
     imp.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: config.json's torch_dtype)")
     exp = sub.add_parser("export", help="qwenpt checkpoint (any layout) -> Hugging Face directory")
     exp.add_argument("--ckpt", required=True, help="a checkpoint directory, or a run's checkpoints/ (its latest)")

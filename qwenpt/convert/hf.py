@@ -114,7 +114,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
     start = time.perf_counter()
     hf_dir, out = Path(hf_dir), Path(out)
     cfg = read_hf_config(hf_dir)
-    m = model_config_from_hf(cfg, name or hf_dir.name.lower(), family)
+    m = model_config_from_hf(cfg, name or hf_dir.name.lower(), family, source=str(hf_dir / "config.json"))
     validate_model(m)
     dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     if dtype not in DTYPES:
@@ -221,7 +221,9 @@ def megatron_logits(model: list, tokens: torch.Tensor) -> Optional[torch.Tensor]
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     b, s = tokens.shape
-    positions = torch.arange(s).unsqueeze(0).expand(b, s)
+    device = next(model[0].parameters()).device  # the GPU on a GPU machine
+    tokens = tokens.to(device)
+    positions = torch.arange(s, device=device).unsqueeze(0).expand(b, s)
 
     def forward_step(data_iterator: Any, chunk: torch.nn.Module):
         out = chunk(tokens if chunk.pre_process else None, positions, None)
@@ -235,7 +237,7 @@ def megatron_logits(model: list, tokens: torch.Tensor) -> Optional[torch.Tensor]
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     logits = outputs[-1]  # [b, s, V/TP]
-    return gather_from_tensor_model_parallel_region(logits.float())
+    return gather_from_tensor_model_parallel_region(logits.float()).cpu()
 
 
 def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 2, seq: int = 32, seed: int = 0) -> Optional[dict]:

@@ -25,7 +25,19 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: --hf must be a Hugging Face model directory")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def _open_safetensors(path: Path) -> Any:
+    """safe_open, with a truncated or corrupt file reported by name instead of a SafetensorError."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises SafetensorError (header) or OSError
+        raise ConfigError(f"{path}: not a readable safetensors file ({e}); it is truncated or corrupt, "
+                          "download or copy it again") from None
 
 
 def _rope_theta(cfg: dict, default: float) -> float:
@@ -37,8 +49,22 @@ def _rope_theta(cfg: dict, default: float) -> float:
     return default
 
 
-def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None) -> ModelConfig:
-    """The qwenpt model config of a Hugging Face Qwen config.json (Hub or transformers 5 form)."""
+class _Fields(dict):
+    """config.json's fields; a missing one is a ConfigError naming the file and the key."""
+
+    source: str = "config.json"
+
+    def __missing__(self, key: str) -> Any:
+        raise ConfigError(f"{self.source}: no {key!r}, which a {self.get('model_type', 'Qwen')} config needs; "
+                          "is it a complete Hugging Face config.json?")
+
+
+def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None,
+                         source: str = "config.json") -> ModelConfig:
+    """The qwenpt model config of a Hugging Face Qwen config.json (Hub or transformers 5 form);
+    ``source`` names the file in errors."""
+    cfg = _Fields(cfg)
+    cfg.source = source
     arch = (cfg.get("architectures") or [""])[0]
     mtype = cfg.get("model_type", "")
     if mtype == "qwen" or arch == "QWenLMHeadModel":
@@ -51,29 +77,41 @@ def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None) -> 
             rope_theta=_rope_theta(cfg, 10000.0), norm_eps=cfg.get("layer_norm_epsilon", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=True,
         )
-    if mtype not in ("qwen2", "qwen2_moe"):
+    if mtype not in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"):
         raise ConfigError(
-            f"config.json: model_type {mtype!r} ({arch}) is not a Qwen layout this converter knows "
-            "(qwen: QWenLMHeadModel; qwen2: Qwen2ForCausalLM; qwen2_moe: Qwen2MoeForCausalLM)"
+            f"{source}: model_type {mtype!r} ({arch}) is not a Qwen layout this converter knows "
+            "(qwen: QWenLMHeadModel; qwen2: Qwen2ForCausalLM; qwen2_moe: Qwen2MoeForCausalLM; "
+            "qwen3: Qwen3ForCausalLM; qwen3_moe: Qwen3MoeForCausalLM)"
         )
+    qwen3 = mtype.startswith("qwen3")
     fields = dict(
-        name=name, family=family or "qwen2", num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
-        ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=cfg["num_attention_heads"],
+        name=name, family=family or ("qwen3" if qwen3 else "qwen2"), num_layers=cfg["num_hidden_layers"],
+        hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["intermediate_size"],
+        num_attention_heads=cfg["num_attention_heads"],
         num_query_groups=cfg.get("num_key_value_heads") or cfg["num_attention_heads"], vocab_size=cfg["vocab_size"],
         max_position_embeddings=cfg.get("max_position_embeddings", 32768), rope_theta=_rope_theta(cfg, 1e6),
         norm_eps=cfg.get("rms_norm_eps", 1e-6), tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=True,
     )
-    if mtype == "qwen2_moe":
+    if qwen3:
+        if cfg.get("attention_bias", False):
+            raise ConfigError(f"{source}: Qwen3 with attention_bias=true (a bias on q/k/v and o_proj) is not supported; "
+                              "every public Qwen3 has attention_bias false")
+        fields.update(qkv_bias=False, qk_layernorm=True, kv_channels=cfg.get("head_dim") or None)
+    if mtype.endswith("_moe"):
         if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-            raise ConfigError("config.json: Qwen2-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) "
+            raise ConfigError(f"{source}: an MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) "
                               "is not supported; every public Qwen MoE has MoE in every layer")
+        # transformers 5 writes Qwen3-MoE's num_experts as num_local_experts
+        experts = next((k for k in ("num_experts", "num_local_experts") if k in cfg), "num_experts")
         fields.update(
-            num_experts=cfg["num_experts"], moe_ffn_hidden_size=cfg["moe_intermediate_size"],
+            num_experts=cfg[experts], moe_ffn_hidden_size=cfg["moe_intermediate_size"],
             moe_router_topk=cfg["num_experts_per_tok"],
             moe_shared_expert_ffn_hidden_size=cfg.get("shared_expert_intermediate_size") or None,
             moe_norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
             moe_aux_loss_coeff=float(cfg.get("router_aux_loss_coef", 0.001)),
+            # Qwen3-MoE balances expert load over the global batch (Qwen3 technical report, section 2)
+            moe_load_balancing="global_aux_loss" if qwen3 else "aux_loss",
         )
     return ModelConfig(**fields)
 
@@ -93,7 +131,7 @@ class SafetensorsReader:
                 raise ConfigError(f"{self.dir} holds no *.safetensors files (and no model.safetensors.index.json)")
             self.where = {}
             for f in files:
-                with safe_open(str(f), framework="pt") as st:
+                with _open_safetensors(f) as st:
                     self.where.update({k: f.name for k in st.keys()})
         self._open: dict[str, Any] = {}
 
@@ -105,7 +143,7 @@ class SafetensorsReader:
             raise ConfigError(f"{self.dir}: the checkpoint has no tensor {key!r}, which this architecture needs")
         name = self.where[key]
         if name not in self._open:
-            self._open[name] = safe_open(str(self.dir / name), framework="pt")
+            self._open[name] = _open_safetensors(self.dir / name)
         return self._open[name]
 
     def shape(self, key: str) -> tuple:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from qwenpt.models.size import head_dim
+
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # buffers some v1 checkpoints carry; recomputed
 
 
@@ -89,7 +91,7 @@ def hf_config(m: Any) -> dict:
     return {
         "architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": m.hidden_size,
         "intermediate_size": 2 * m.ffn_hidden_size, "num_hidden_layers": m.num_layers,
-        "num_attention_heads": m.num_attention_heads, "kv_channels": m.hidden_size // m.num_attention_heads,
+        "num_attention_heads": m.num_attention_heads, "kv_channels": head_dim(m),
         "vocab_size": m.vocab_size, "seq_length": m.max_position_embeddings,
         "max_position_embeddings": m.max_position_embeddings, "rotary_emb_base": m.rope_theta,
         "rotary_pct": 1.0, "layer_norm_epsilon": m.norm_eps, "no_bias": True,

@@ -1,8 +1,11 @@
-"""Hugging Face Qwen2 / Qwen2-MoE layout ⇄ megatron-core GPTModel names, for whole (unsharded) tensors.
+"""Hugging Face Qwen2 / Qwen2-MoE / Qwen3 / Qwen3-MoE layout ⇄ megatron-core GPTModel names, for whole
+(unsharded) tensors.
 
-Covers Qwen1.5, Qwen2 and Qwen2.5 dense (``Qwen2ForCausalLM``) and Qwen1.5-MoE / Qwen2-MoE
-(``Qwen2MoeForCausalLM``). megatron-core fuses Q, K and V into one ``linear_qkv`` laid out
-per query group — [q heads of the group, k, v] — and gate/up into one ``linear_fc1`` [gate; up].
+Covers Qwen1.5, Qwen2 and Qwen2.5 dense (``Qwen2ForCausalLM``), Qwen1.5-MoE / Qwen2-MoE
+(``Qwen2MoeForCausalLM``), Qwen3 (``Qwen3ForCausalLM``: no QKV bias, ``q_norm``/``k_norm`` per head,
+head width from ``head_dim``) and Qwen3-MoE (``Qwen3MoeForCausalLM``: the same attention, routed experts
+only). megatron-core fuses Q, K and V into one ``linear_qkv`` laid out per query group — [q heads of the
+group, k, v] — and gate/up into one ``linear_fc1`` [gate; up].
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ from typing import Any
 
 import torch
 
+from qwenpt.models.registry import FAMILIES, MODEL_TYPES, hf_architecture
+from qwenpt.models.size import head_dim
+
 
 def hf_config(m: Any) -> dict:
-    """config.json fields of the Hugging Face model equivalent to model config ``m``."""
+    """config.json fields of the Hugging Face model equivalent to model config ``m`` (Qwen v1: the
+    equivalent Qwen2 model)."""
+    arch = hf_architecture(m) if FAMILIES[m.family].hf_layout == "qwen2" else "Qwen2ForCausalLM"
     cfg = {
         "hidden_size": m.hidden_size,
         "intermediate_size": m.ffn_hidden_size,
@@ -29,28 +37,31 @@ def hf_config(m: Any) -> dict:
         "attention_dropout": 0.0,
         "use_sliding_window": False,
     }
-    if m.num_experts is None:
-        cfg.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
-    else:
+    cfg.update(model_type=MODEL_TYPES[arch], architectures=[arch])
+    if arch.startswith("Qwen3"):
+        cfg.update(head_dim=head_dim(m), attention_bias=m.qkv_bias)
+    if m.num_experts is not None:
         cfg.update(
-            model_type="qwen2_moe",
-            architectures=["Qwen2MoeForCausalLM"],
             num_experts=m.num_experts,
             num_experts_per_tok=m.moe_router_topk,
             moe_intermediate_size=m.moe_ffn_hidden_size,
-            shared_expert_intermediate_size=m.moe_shared_expert_ffn_hidden_size or 0,
             norm_topk_prob=m.moe_norm_topk_prob,
             router_aux_loss_coef=m.moe_aux_loss_coeff,
             decoder_sparse_step=1,
             mlp_only_layers=[],
         )
+        if not arch.startswith("Qwen3"):  # Qwen3-MoE has no shared expert
+            cfg["shared_expert_intermediate_size"] = m.moe_shared_expert_ffn_hidden_size or 0
     return cfg
 
 
+def _head_split(m: Any) -> tuple[int, int, int]:
+    """(query groups, query heads per group, head width) of megatron's fused QKV layout."""
+    return m.num_query_groups, m.num_attention_heads // m.num_query_groups, head_dim(m)
+
+
 def _qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: Any) -> torch.Tensor:
-    groups = m.num_query_groups
-    d = m.hidden_size // m.num_attention_heads
-    per_group = m.num_attention_heads // groups
+    groups, per_group, d = _head_split(m)
     rest = q.shape[1:]
     fused = torch.cat(
         [q.reshape(groups, per_group * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest)], dim=1
@@ -59,9 +70,7 @@ def _qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: Any) -> torch.Ten
 
 
 def _split_qkv(qkv: torch.Tensor, m: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    groups = m.num_query_groups
-    d = m.hidden_size // m.num_attention_heads
-    per_group = m.num_attention_heads // groups
+    groups, per_group, d = _head_split(m)
     rest = qkv.shape[1:]
     q, k, v = qkv.reshape(groups, (per_group + 2) * d, *rest).split([per_group * d, d, d], dim=1)
     return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
@@ -95,6 +104,8 @@ def _layer_renames(m: Any, i: int) -> list[tuple[str, str]]:
         (f"{meg}.self_attention.linear_proj.weight", f"{hf}.self_attn.o_proj.weight"),
         (f"{meg}.pre_mlp_layernorm.weight", f"{hf}.post_attention_layernorm.weight"),
     ]
+    if m.qk_layernorm:
+        pairs += [(f"{meg}.self_attention.{p}_layernorm.weight", f"{hf}.self_attn.{p}_norm.weight") for p in "qk"]
     pairs += [(f"{a}.linear_fc2.weight", f"{b}.down_proj.weight") for a, b in _swiglu_pairs(m, i)]
     if m.num_experts is not None:
         pairs.append((f"{meg}.mlp.router.weight", f"{hf}.mlp.gate.weight"))

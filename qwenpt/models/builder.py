@@ -20,6 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
 from qwenpt.models.norm import RMSNorm
+from qwenpt.models.size import head_dim
 
 
 def use_transformer_engine() -> bool:
@@ -46,17 +47,24 @@ def gradient_accumulation_fusion_available() -> bool:
     return True
 
 
-def _aux_loss_layout_factor(parallel: Any) -> int:
-    """Undo megatron-core <= 0.16's TP/CP-dependent weight of the MoE load-balancing loss.
+def _aux_loss_layout_factor(model: Any, parallel: Any) -> int:
+    """Undo megatron-core <= 0.16's layout-dependent weight of the MoE load-balancing loss.
 
     With per-token loss, megatron-core scales each rank's aux loss by its *local* token count, and
     the rank sees 1/(TP x CP) of the sequence under sequence/context parallelism, so the aux loss
     gradient shrinks by TP x CP against one device (fixed upstream in Megatron-LM PR #5047, after
-    0.16). Multiplying the coefficient back makes every layout train the same model.
+    0.16). ``global_aux_loss`` also divides by the tokens of every data-parallel replica, while the
+    gradients are then summed over them, so it shrinks by TP x CP x DP = world / PP; 0.17+ (tested:
+    0.19.2) undoes the TP x CP part itself, not the DP part. Multiplying the coefficient back makes
+    every layout train the same model.
     """
-    if Version(megatron.core.__version__) >= Version("0.17"):
-        return 1
-    return parallel.tensor_model_parallel_size * parallel.context_parallel_size
+    tp_cp = parallel.tensor_model_parallel_size * parallel.context_parallel_size
+    newer = Version(megatron.core.__version__) >= Version("0.17")
+    if model.moe_load_balancing == "global_aux_loss":
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        layout = world // parallel.pipeline_model_parallel_size
+        return layout // tp_cp if newer else layout
+    return 1 if newer else tp_cp
 
 
 def transformer_config(
@@ -65,8 +73,11 @@ def transformer_config(
     dtype: torch.dtype = torch.float32,
     *,
     perform_initialization: bool = True,
+    fp8: str | None = None,
+    fp8_recipe: str = "delayed",
 ) -> TransformerConfig:
-    """The megatron-core config for a Qwen model under a parallel layout."""
+    """The megatron-core config for a Qwen model under a parallel layout (``fp8``: TE's FP8 format,
+    hybrid or e4m3, validated by :func:`qwenpt.config.validate_fp8`)."""
     on_gpu = torch.cuda.is_available()
     moe = model.num_experts is not None
     return TransformerConfig(
@@ -76,7 +87,8 @@ def transformer_config(
         ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads,
         num_query_groups=model.num_query_groups,
-        kv_channels=model.hidden_size // model.num_attention_heads,
+        kv_channels=head_dim(model),
+        qk_layernorm=model.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=model.norm_eps,
         gated_linear_unit=True,
@@ -90,9 +102,11 @@ def transformer_config(
         num_moe_experts=model.num_experts,
         moe_ffn_hidden_size=model.moe_ffn_hidden_size if moe else None,
         moe_router_topk=model.moe_router_topk if moe else 2,
+        # softmax then top-k (Qwen1.5/2-MoE); with norm_topk_prob (Qwen3-MoE) top-k of the logits then
+        # softmax over those k, which is HF's softmax -> top-k -> divide by their sum, in closed form
         moe_router_pre_softmax=moe and not model.moe_norm_topk_prob,
-        moe_router_load_balancing_type="aux_loss",
-        moe_aux_loss_coeff=model.moe_aux_loss_coeff * _aux_loss_layout_factor(parallel) if moe else 0.0,
+        moe_router_load_balancing_type=model.moe_load_balancing if moe else "aux_loss",
+        moe_aux_loss_coeff=model.moe_aux_loss_coeff * _aux_loss_layout_factor(model, parallel) if moe else 0.0,
         moe_shared_expert_intermediate_size=model.moe_shared_expert_ffn_hidden_size if moe else None,
         moe_shared_expert_gate=moe and model.moe_shared_expert_ffn_hidden_size is not None,
         moe_token_dispatcher_type=parallel.moe_token_dispatcher_type,
@@ -117,6 +131,8 @@ def transformer_config(
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
+        fp8=fp8,
+        fp8_recipe=fp8_recipe,
         calculate_per_token_loss=True,
         # kernels: fusions need CUDA (and apex/TE for some); CPU takes the plain torch paths
         use_cpu_initialization=not on_gpu,
@@ -126,16 +142,20 @@ def transformer_config(
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=parallel.gradient_accumulation_fusion,
-        apply_rope_fusion=False,
+        apply_rope_fusion=use_transformer_engine(),  # TE's fused RoPE kernel, as Megatron-LM uses
     )
 
 
 def layer_spec(model: Any) -> ModuleSpec:
-    moe = model.num_experts
+    moe, qk_norm = model.num_experts, model.qk_layernorm
     if use_transformer_engine():
-        return get_gpt_layer_with_transformer_engine_spec(num_experts=moe, moe_grouped_gemm=moe is not None)
-    spec = get_gpt_layer_local_spec(num_experts=moe, normalization="RMSNorm")
-    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        return get_gpt_layer_with_transformer_engine_spec(
+            num_experts=moe, moe_grouped_gemm=moe is not None, qk_layernorm=qk_norm)
+    spec = get_gpt_layer_local_spec(num_experts=moe, normalization="RMSNorm", qk_layernorm=qk_norm)
+    attention = spec.submodules.self_attention.submodules
+    attention.core_attention = SDPAttention
+    if qk_norm:  # per-head norms; megatron-core all-reduces their gradients over TP (heads are split)
+        attention.q_layernorm = attention.k_layernorm = RMSNorm
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     return spec
@@ -157,12 +177,16 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     *,
     perform_initialization: bool = True,
+    fp8: str | None = None,
+    fp8_recipe: str = "delayed",
 ) -> list[GPTModel]:
     """This rank's model chunks: one per virtual pipeline stage (one without interleaving).
 
     megatron-core's parallel state must be initialised (see :mod:`qwenpt.distributed`).
     """
-    config = transformer_config(model, parallel, dtype, perform_initialization=perform_initialization)
+    config = transformer_config(
+        model, parallel, dtype, perform_initialization=perform_initialization, fp8=fp8, fp8_recipe=fp8_recipe
+    )
     vpp = parallel.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):

@@ -22,12 +22,24 @@ class ParamCounts:
         return self.active - self.embedding
 
 
+def head_dim(m: Any) -> int:
+    """Width of one attention head: ``kv_channels`` where set (Qwen3: 128 whatever the hidden size),
+    else hidden_size / num_attention_heads (Qwen, Qwen1.5, Qwen2, Qwen2.5)."""
+    return m.kv_channels or m.hidden_size // m.num_attention_heads
+
+
+def attention_widths(m: Any) -> tuple[int, int]:
+    """(q, kv): output widths of the query projection and of the key (= value) projection."""
+    d = head_dim(m)
+    return m.num_attention_heads * d, m.num_query_groups * d
+
+
 def attention_params(m: Any) -> int:
-    head_dim = m.hidden_size // m.num_attention_heads
-    q = m.num_attention_heads * head_dim
-    kv = 2 * m.num_query_groups * head_dim
-    bias = (q + kv) if m.qkv_bias else 0
-    return m.hidden_size * (q + kv) + bias + q * m.hidden_size
+    """QKV and output projections, QKV bias, and QK-norm weights (one per head width, shared by heads)."""
+    q, kv = attention_widths(m)
+    bias = (q + 2 * kv) if m.qkv_bias else 0
+    qk_norm = 2 * head_dim(m) if m.qk_layernorm else 0
+    return m.hidden_size * (q + 2 * kv) + bias + q * m.hidden_size + qk_norm
 
 
 def expert_params(m: Any) -> int:

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qwenpt.models.size import attention_widths, head_dim
+
 GiB = 1024**3
 
 
@@ -40,11 +42,13 @@ class StageParams:
 
 def _layer_dense_params(m: Any, tp: int) -> int:
     """One layer's non-expert parameters on one tensor-parallel rank."""
-    d = m.hidden_size // m.num_attention_heads
-    qkv_out = m.num_attention_heads * d + 2 * m.num_query_groups * d
+    q, kv = attention_widths(m)
+    qkv_out = q + 2 * kv
     attention = m.hidden_size * qkv_out // tp + (qkv_out // tp if m.qkv_bias else 0)
-    attention += m.num_attention_heads * d * m.hidden_size // tp
+    attention += q * m.hidden_size // tp
     norms = 2 * m.hidden_size  # input and pre-MLP RMSNorm, replicated
+    if m.qk_layernorm:
+        norms += 2 * head_dim(m)  # QK-norm over one head's width, replicated
     if m.num_experts is None:
         return attention + norms + 3 * m.hidden_size * m.ffn_hidden_size // tp
     moe = m.num_experts * m.hidden_size  # router, replicated
@@ -99,13 +103,15 @@ def layer_activation_bytes(
     if full_recompute:
         return dtype_bytes * tokens * h / (tp if p.sequence_parallel else 1)
     sp = tp if p.sequence_parallel else 1
-    d = h // m.num_attention_heads
-    kv = 2 * m.num_query_groups * d
+    q, kv = attention_widths(m)
     e = dtype_bytes  # bytes per element
     # replicated across TP unless SP: the two norm inputs and the two column-parallel inputs
     norm_side = 4 * e * tokens * h / sp
-    # split by TP: q, k, v after RoPE, attention output (flash attention: no scores kept)
-    attention = e * tokens * (2 * h + kv) / tp
+    # split by TP: q, k, v after RoPE, attention output (flash attention: no scores kept); with
+    # QK-norm also its inputs, q and k before the norm
+    attention = e * tokens * (2 * q + 2 * kv) / tp
+    if m.qk_layernorm:
+        attention += e * tokens * (q + kv) / tp
     if m.num_experts is None:
         mlp = 3 * e * tokens * m.ffn_hidden_size / tp  # fc1 output (gate + up), SwiGLU output
     else:
