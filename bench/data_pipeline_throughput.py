@@ -1,24 +1,43 @@
-"""The data pipeline's throughput against the bare tokenizer on the same texts and cores.
+"""The data pipeline against Megatron-LM's preprocessing and the bare fastest exact tokenizer.
 
-    python bench/data_pipeline_throughput.py [--corpus ../shared/corpus/debian-reference] [--repeats 3]
+    python bench/data_pipeline_throughput.py [--copies 44] [--corpus FILE_OR_DIR] [--repeats 3]
+        [--megatron-lm PATH [--megatron-python PY]] [--with-hf]
 
-Bare: ``tokenizers.Tokenizer.encode_batch`` over every document already decoded in memory (the
-floor of any pipeline using this tokenizer: no reading, decompression, JSON, cleaning or writing),
-in batches of the pipeline's size, on all cores. Pipeline: ``python -m data_pipeline prepare``'s
-work end to end — read gzip JSONL, NFC + control stripping, tag, dedup, tokenize, write .bin/.idx
-shards, merge per language, manifest — into a fresh folder. Each run is its own process, timed
-around the work (interpreter start-up and imports excluded) and reporting its peak RSS; runs
-alternate and the median is kept. Prints a table and writes bench/results/data_pipeline_throughput.json.
+Corpus: by default the bundled sample (qwenpt/assets/sample, 10 languages, 0.63 MB) repeated
+``--copies`` times (44: 27.6 MB) into one plain JSONL file on a temporary disk; every record has a
+``lang`` field. ``--corpus`` takes your own JSONL (.gz/.zst) file or folder instead. Same tokenizer
+(Qwen2, built offline) and cores for every tool; runs alternate and the median is kept.
+
+- ``bare``: the fastest exact engine (``TextTokenizer('qwen2').encode_flat``) over every text
+  already decoded and NFC-normalised in memory, batches of ``--batch`` documents: the floor of any
+  pipeline with this tokenizer.
+- ``bare_hf`` (``--with-hf``): HF ``tokenizers`` ``encode_batch_fast`` the same way.
+- ``prepare``: ``python -m data_pipeline prepare`` as a user runs it (read, NFC, control
+  characters, tokenize, write .bin/.idx, merge, manifest); ``prepare_detect``: the same with the
+  language detected (``--lang-field ''``).
+- ``megatron_lm`` / ``megatron_lm_fast``: ``tools/preprocess_data.py`` (``--workers`` = cores) and
+  ``tools/preprocess_data_fast.py`` (gigatoken) from the Megatron-LM source tree at
+  ``--megatron-lm``, with the same tokenizer directory (HuggingFaceTokenizer), appending
+  end-of-document; a peer that cannot run here is reported with its error and skipped.
+
+Whole: wall time of the process from spawn to exit. Work: without start-up — what ``prepare
+--json`` reports (after imports and tokenizer load), the in-process timing of the bare runs, and for
+Megatron-LM the whole time less its printed "Time to startup"; work CPU seconds (all threads) for
+qwenpt's runs, which other users of the cores disturb far less than wall time. Peak RSS per
+process (``wait4``).
+Prints a table and writes bench/results/data_pipeline_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 import platform
-import resource
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,95 +47,180 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TOKENIZER = ROOT / "qwenpt" / "assets" / "tokenizer" / "tokenizer.json"
+SAMPLE = ROOT / "qwenpt" / "assets" / "sample"
 
 
-def corpus_files(corpus: Path) -> list[Path]:
-    files = sorted(corpus.glob("*.jsonl.gz"))
-    if not files:
-        raise SystemExit(f"no *.jsonl.gz under {corpus}; pass --corpus")
-    return files
+def build_corpus(copies: int, out: Path) -> Path:
+    """The bundled sample repeated ``copies`` times as one plain JSONL file (what every tool reads)."""
+    lines = b"".join(gzip.open(f).read() for f in sorted(SAMPLE.glob("*.jsonl.gz")))
+    with open(out, "wb") as f:
+        for _ in range(copies):
+            f.write(lines)
+    return out
 
 
-def run_bare(corpus: Path, batch: int, fast: bool) -> dict:
-    from tokenizers import Tokenizer
+def user_corpus(path: Path, out: Path) -> Path:
+    """A user's JSONL file or folder as one plain JSONL file (Megatron-LM reads one uncompressed file)."""
+    from data_pipeline.readers import _open_binary, expand_inputs
 
-    tok = Tokenizer.from_file(str(TOKENIZER))
-    texts = [json.loads(line)["text"] for f in corpus_files(corpus) for line in gzip.open(f, "rt", encoding="utf-8")]
-    encode = tok.encode_batch_fast if fast else tok.encode_batch
-    t0 = time.perf_counter()
+    with open(out, "wb") as f:
+        for src in expand_inputs([path]):
+            with _open_binary(src) as g:
+                shutil.copyfileobj(g, f)
+    return out
+
+
+def texts_of(corpus: Path) -> list[str]:
+    import unicodedata
+
+    with open(corpus, "rb") as f:
+        return [unicodedata.normalize("NFC", json.loads(line)["text"]) for line in f if line.strip()]
+
+
+def child_bare(corpus: Path, batch: int, hf: bool) -> dict:
+    from data_pipeline.tokenizer import TextTokenizer
+
+    texts = texts_of(corpus)
+    tok = TextTokenizer("qwen2", engine="tokenizers" if hf else "auto")
+    t0, cpu0 = time.perf_counter(), time.process_time()
     tokens = 0
     for i in range(0, len(texts), batch):
-        tokens += sum(len(e.ids) + 1 for e in encode(texts[i : i + batch], add_special_tokens=False))
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": sum(len(t.encode()) for t in texts), "tokens": tokens, "documents": len(texts)}
+        tokens += int(tok.encode_flat(texts[i : i + batch])[1].sum()) + len(texts[i : i + batch])
+    return {"work_s": time.perf_counter() - t0, "work_cpu_s": time.process_time() - cpu0, "tokens": tokens,
+            "documents": len(texts), "engine": tok.engine}
 
 
-def run_pipeline(corpus: Path, batch: int) -> dict:
-    from data_pipeline.clean import CleanConfig
-    from data_pipeline.prepare import PrepareConfig, prepare
-
-    with tempfile.TemporaryDirectory() as out:
-        config = PrepareConfig(
-            inputs=(str(corpus / "*.jsonl.gz"),), output=out, tokenizer=str(TOKENIZER), batch_docs=batch,
-            progress=False, clean=CleanConfig(dedup=True),
-        )
-        t0 = time.perf_counter()
-        manifest = prepare(config)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": manifest.total("bytes"), "tokens": manifest.total("tokens"), "documents": manifest.total("documents")}
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str, int]:
+    """(wall seconds, peak RSS MiB, output, return code) of one process."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        out = log.read().decode(errors="replace")
+    return wall, usage.ru_maxrss / 1024, out, os.waitstatus_to_exitcode(status)
 
 
-def child(mode: str, corpus: Path, batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--corpus", str(corpus), "--batch", str(batch)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def tokens_in(prefix: Path) -> int:
+    from data_pipeline.indexed import read_index
+
+    return int(read_index(prefix)[1].sum())
+
+
+def measure(mode: str, args: argparse.Namespace, corpus: Path, tok_dir: Path, work: Path) -> dict:
+    out = work / f"out-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    py = sys.executable
+    if mode in ("bare", "bare_hf"):
+        wall, rss, log, rc = run([py, __file__, "--child", mode, "--corpus", str(corpus), "--batch", str(args.batch)], ROOT)
+        result = json.loads(log.strip().splitlines()[-1]) if rc == 0 else {}
+    elif mode in ("prepare", "prepare_detect"):
+        cmd = [py, "-m", "data_pipeline", "prepare", str(corpus), "-o", str(out), "--tokenizer", "qwen2",
+               "--no-progress", "--json", "--batch-docs", str(args.batch)]
+        if mode == "prepare_detect":
+            cmd += ["--lang-field", ""]
+        wall, rss, log, rc = run(cmd, ROOT)
+        if rc == 0:
+            summary = json.loads(log.strip().splitlines()[-1])
+            result = {"work_s": summary["seconds"], "work_cpu_s": summary["cpu_seconds"], "tokens": summary["tokens"],
+                      "documents": summary["documents"], "engine": summary["engine"]}
+    else:
+        script = "preprocess_data.py" if mode == "megatron_lm" else "preprocess_data_fast.py"
+        cmd = [args.megatron_python, f"tools/{script}", "--input", str(corpus), "--output-prefix", str(out / "mlm"),
+               "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--append-eod"]
+        if mode == "megatron_lm":
+            cmd += ["--workers", str(os.cpu_count())]
+        env = dict(os.environ, PYTHONPATH=str(args.megatron_lm))
+        wall, rss, log, rc = run(cmd, args.megatron_lm, env)
+        if rc == 0:
+            startup = re.search(r"Time to startup:\s*([\d.]+)", log)
+            prefix = next(out.glob("mlm*.idx")).with_suffix("")
+            result = {"work_s": wall - float(startup.group(1)) if startup else None, "tokens": tokens_in(prefix)}
+    if rc != 0:
+        return {"error": log.strip().splitlines()[-1][:300] if log.strip() else f"exit {rc}"}
+    shutil.rmtree(out, ignore_errors=True)
+    return {**result, "whole_s": wall, "peak_rss_mib": rss}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus" / "debian-reference")
+    parser.add_argument("--copies", type=int, default=44, help="repeats of the bundled sample (44: 27.6 MB)")
+    parser.add_argument("--corpus", type=Path, help="your JSONL file or folder instead of the bundled sample")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=256, help="documents per tokenizer call, both sides")
-    parser.add_argument("--child", choices=("bare", "bare_fast", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=256, help="documents per tokenizer call, every qwenpt run")
+    parser.add_argument("--megatron-lm", type=Path, help="a Megatron-LM source tree (tools/preprocess_data*.py)")
+    parser.add_argument("--megatron-python", default=sys.executable, help="interpreter for Megatron-LM's tools")
+    parser.add_argument("--with-hf", action="store_true", help="also the bare HF tokenizers engine (slow)")
+    parser.add_argument("--child", choices=("bare", "bare_hf"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_pipeline(args.corpus, args.batch) if args.child == "pipeline" else run_bare(args.corpus, args.batch, args.child == "bare_fast")
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        print(json.dumps(child_bare(args.corpus, args.batch, args.child == "bare_hf")))
         return
 
-    modes = ("bare", "bare_fast", "pipeline")
-    runs: dict[str, list[dict]] = {m: [] for m in modes}
-    for _ in range(args.repeats):
-        for m in modes:
-            runs[m].append(child(m, args.corpus, args.batch))
+    from data_pipeline.qwen import resolve
+
+    tok_dir = resolve("qwen2")
+    modes = ["bare", *(["bare_hf"] if args.with_hf else []), "prepare", "prepare_detect"]
+    if args.megatron_lm:
+        modes += ["megatron_lm", "megatron_lm_fast"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        corpus = user_corpus(args.corpus, work / "corpus.jsonl") if args.corpus else build_corpus(args.copies, work / "corpus.jsonl")
+        mb = corpus.stat().st_size / 1e6
+        text_mb = sum(len(t.encode()) for t in texts_of(corpus)) / 1e6
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.repeats):  # alternate, so load from other users of the cores hits every tool alike
+            for m in modes:
+                if runs[m] and "error" in runs[m][-1]:
+                    continue
+                runs[m].append(measure(m, args, corpus, tok_dir, work))
     summary = {}
     for m in modes:
-        best = {k: statistics.median(r[k] for r in runs[m]) for k in ("seconds", "peak_rss_mib")}
-        r0 = runs[m][0]
+        ok = [r for r in runs[m] if "error" not in r]
+        if not ok:
+            summary[m] = {"error": runs[m][0]["error"]}
+            continue
+        med = {k: statistics.median(r[k] for r in ok) for k in ("whole_s", "peak_rss_mib")}
+        works = [r["work_s"] for r in ok if r.get("work_s") is not None]
+        med["work_s"] = statistics.median(works) if works else None
+        cpus = [r["work_cpu_s"] for r in ok if r.get("work_cpu_s") is not None]
+        med["work_cpu_s"] = statistics.median(cpus) if cpus else None  # robust to other users of the cores
+        tokens = ok[0]["tokens"]
         summary[m] = {
-            "seconds": best["seconds"], "documents": r0["documents"], "tokens": r0["tokens"],
-            "mb_per_s": r0["bytes"] / 1e6 / best["seconds"], "tokens_per_s": r0["tokens"] / best["seconds"],
-            "peak_rss_mib": best["peak_rss_mib"],
+            **med, "runs": len(ok), "tokens": tokens, "engine": ok[0].get("engine"),
+            "whole_mb_per_s": text_mb / med["whole_s"], "whole_tokens_per_s": tokens / med["whole_s"],
+            "work_mb_per_s": text_mb / med["work_s"] if med["work_s"] else None,
+            "work_tokens_per_s": tokens / med["work_s"] if med["work_s"] else None,
+            "work_mb_per_cpu_s": text_mb / med["work_cpu_s"] if med["work_cpu_s"] else None,
         }
-    ratio = summary["pipeline"]["mb_per_s"] / summary["bare"]["mb_per_s"]
-    ratio_fast = summary["pipeline"]["mb_per_s"] / summary["bare_fast"]["mb_per_s"]
-    labels = {"bare": "bare Tokenizer.encode_batch", "bare_fast": "bare Tokenizer.encode_batch_fast", "pipeline": "data_pipeline prepare"}
-    print(f"corpus {os.path.relpath(args.corpus, ROOT)} ({summary['bare']['documents']} documents, {runs['bare'][0]['bytes'] / 1e6:.2f} MB), "
-          f"{os.cpu_count()} cores, median of {args.repeats}")
-    print(f"{'':34s} {'seconds':>8s} {'MB/s':>7s} {'tokens/s':>10s} {'peak RSS MiB':>13s}")
-    for m in modes:
-        s = summary[m]
-        print(f"{labels[m]:34s} {s['seconds']:8.2f} {s['mb_per_s']:7.2f} {s['tokens_per_s']:10,.0f} {s['peak_rss_mib']:13.0f}")
-    print(f"ratio pipeline / bare encode_batch: {ratio:.3f} (target >= 0.85); / bare encode_batch_fast: {ratio_fast:.3f}")
-    if summary["pipeline"]["tokens"] != summary["bare"]["tokens"]:
-        print(f"note: token totals differ (pipeline {summary['pipeline']['tokens']:,}, bare {summary['bare']['tokens']:,}): "
-              "cleaning or dedup changed the text")
+    base = summary["bare"].get("work_mb_per_s")
+    print(f"corpus {'bundled sample x ' + str(args.copies) if not args.corpus else args.corpus}: {text_mb:.1f} MB of text "
+          f"({mb:.1f} MB JSONL), Qwen2 tokenizer, {os.cpu_count()} cores, median of {args.repeats} alternating runs")
+    print(f"{'':18s} {'whole s':>8s} {'MB/s':>7s} {'tok/s':>11s} {'work s':>7s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'RSS MiB':>8s} {'vs bare':>8s}")
+    for m, s in summary.items():
+        if "error" in s:
+            print(f"{m:18s} skipped: {s['error']}")
+            continue
+        w = s["work_mb_per_s"]
+        print(f"{m:18s} {s['whole_s']:8.2f} {s['whole_mb_per_s']:7.1f} {s['whole_tokens_per_s']:11,.0f} "
+              f"{s['work_s'] or float('nan'):7.2f} {w or float('nan'):7.1f} {s['work_tokens_per_s'] or float('nan'):11,.0f} "
+              f"{s['work_cpu_s'] or float('nan'):6.2f} {s['peak_rss_mib']:8.0f} {(w / base) if w and base else float('nan'):8.2f}")
+    ratios = {}
+    for peer in ("megatron_lm", "megatron_lm_fast"):
+        if "whole_s" in summary.get(peer, {}) and "whole_s" in summary["prepare"]:
+            ratios[f"prepare_vs_{peer}_whole"] = summary[peer]["whole_s"] / summary["prepare"]["whole_s"]
+            print(f"prepare is {ratios[f'prepare_vs_{peer}_whole']:.1f}x faster than {peer} (whole process)")
+    if base and summary["prepare"].get("work_mb_per_s"):
+        ratios["prepare_work_vs_bare"] = summary["prepare"]["work_mb_per_s"] / base
+    tokens = {m: s["tokens"] for m, s in summary.items() if "tokens" in s}
+    if len(set(tokens.values())) > 1:
+        print(f"note: token totals differ: {tokens}")
     result = {
-        "corpus": os.path.relpath(args.corpus, ROOT), "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch,
-        "python": platform.python_version(), "machine": platform.machine(), **summary,
-        "ratio_vs_encode_batch": ratio, "ratio_vs_encode_batch_fast": ratio_fast,
+        "corpus": f"bundled sample x {args.copies}" if not args.corpus else str(args.corpus), "text_mb": text_mb,
+        "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch, "python": platform.python_version(),
+        "machine": platform.machine(), "load_average_at_end": os.getloadavg(), **summary, **ratios,
     }
     out = ROOT / "bench" / "results" / "data_pipeline_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,16 @@ from data_pipeline.readers import Record, Rejects
 
 # C0/C1 controls except tab, newline and carriage return; plus DEL.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The same in UTF-8: C0 and DEL bytes (deleted by translate: a shorter result means one was there),
+# and C1 as its two-byte form (a literal-prefix regex, which skips to each \xc2 at memchr speed).
+_C0_DEL = bytes(b for b in range(32) if b not in (9, 10, 13)) + b"\x7f"
+_C1 = re.compile(rb"\xc2[\x80-\x9f]")
 UNKNOWN_LANG = "unknown"
+
+
+def _has_control(data: bytes) -> bool:
+    """Whether UTF-8 ``data`` holds a character :data:`_CONTROL` strips (~5x faster than searching the str)."""
+    return len(data.translate(None, _C0_DEL)) != len(data) or _C1.search(data) is not None
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,14 @@ class Cleaner:
         text = record.text
         if c.normalize:
             text = unicodedata.normalize(c.normalize, text)
-        if c.strip_control:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a JSON escape such as "\ud800"
+            sample = text.encode("utf-8", "surrogatepass")
+            return ("invalid_utf8", record.file, record.line, sample, record.lang or "", record.source)
+        if c.strip_control and _has_control(data):
             text = _CONTROL.sub("", text)
+            data = text.encode("utf-8")
         lang = record.lang
         if lang is None:
             lang = self.detect(text[: c.detect_chars]) if c.detect_language and text.strip() else UNKNOWN_LANG
@@ -92,7 +107,7 @@ class Cleaner:
             reason = "language_filtered"
         if reason:
             return (reason, record.file, record.line, text, lang, record.source)
-        return Record(text=text, lang=lang, source=record.source, file=record.file, line=record.line)
+        return Record(text, lang, record.source, record.file, record.line, len(data))
 
     def dedup(self, record: Record, rejects: Rejects, new_hashes: list[int] | None = None) -> Record | None:
         """The record, or None (counted) when its exact text was seen before in this run."""

@@ -14,13 +14,18 @@ one. With dedup on, hashes of finished shards are reloaded in order; a shard aft
 redone too, so duplicates are judged against the same history either way.
 
 Within a shard a reader thread parses and cleans while the main thread tokenizes batches on all
-cores (the tokenizer's Rust pool releases the GIL), so reading overlaps tokenizing.
+cores (the tokenizer engine's Rust pool releases the GIL) and writes each batch's ids with one
+write per dataset, so reading, cleaning and writing stay off the tokenizer's critical path.
+One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
+ends, however it ends) names the holder's PID.
 """
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -38,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.clean import CleanConfig, Cleaner, clean_chunk, hashes_to_array, init_worker
-from data_pipeline.indexed import AtomicIndexedWriter, is_complete, merge_indexed_datasets, token_dtype
+from data_pipeline.indexed import IndexedWriter, is_complete, merge_indexed_datasets, token_dtype
 from data_pipeline.manifest import Manifest, group_filename, write_manifest
 from data_pipeline.readers import Reader, Record, Rejects, expand_inputs, source_name
 from data_pipeline.tokenizer import TextTokenizer
@@ -60,6 +65,7 @@ class PrepareConfig:
     clean: CleanConfig = field(default_factory=CleanConfig)
     group_by: str = "lang"
     batch_docs: int = 256
+    engine: str = "auto"  # tokenizer engine: auto (fastest proven exact) | fastokens | gigatoken | tokenizers
     clean_workers: int = 0  # processes for normalising + language detection; 0/1: the reader thread
     rejects_log_limit: int = 1000  # logged rejects per (file, reason); all are counted
     keep_shards: bool = True  # False: delete OUT/shards once merged (a later change of inputs redoes every file)
@@ -67,8 +73,9 @@ class PrepareConfig:
 
     def settings_fingerprint(self, tokenizer: TextTokenizer) -> str:
         """What decides a shard's bytes: the tokenizer file and every reading/cleaning setting."""
-        settings = {k: v for k, v in asdict(self).items() if k not in ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers")}
-        settings["tokenizer_sha256"] = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
+        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers", "engine")
+        settings = {k: v for k, v in asdict(self).items() if k not in ignored}
+        settings["tokenizer_sha256"] = tokenizer.sha256
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -90,14 +97,48 @@ class ShardResult:
         return sorted(self.stats["groups"])
 
 
-def prepare(config: PrepareConfig) -> Manifest:
-    """Run the whole pipeline (resuming finished shards) and return the manifest it wrote."""
+def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Manifest:
+    """Run the whole pipeline (resuming finished shards) and return the manifest it wrote;
+    ``tokenizer``: ``config.tokenizer`` already loaded."""
     files = expand_inputs(config.inputs)  # fails now on a missing path
-    tokenizer = TextTokenizer(config.tokenizer)  # fails now on an unreadable tokenizer
+    tokenizer = tokenizer or TextTokenizer(config.tokenizer, engine=config.engine)  # fails now if unreadable
     if config.group_by not in GROUP_BY:
         raise ValueError(f"group_by {config.group_by!r} is not one of {GROUP_BY}")
     out = Path(config.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _prepare_locked(config, files, tokenizer, out)
+
+
+class OutputLocked(RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` for this run; a second run on the same folder fails at once, naming the holder."""
+    path = out / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputLocked(
+                f"output folder {out} is in use by another prepare run (PID {holder}); wait for it to finish, "
+                "or pass another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)  # a finished run leaves an empty lock file: reruns end byte-identical
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTokenizer, out: Path) -> Manifest:
     settings = config.settings_fingerprint(tokenizer)
     reader = Reader(config.text_field, config.lang_field, config.source_field, config.text_unit, config.format)
     cleaner = Cleaner(config.clean)
@@ -200,23 +241,26 @@ def _process_file(
     rejects = Rejects(log_limit=config.rejects_log_limit)
     hashes: list[int] = []
     by_key: dict[tuple[str, str], GroupStats] = defaultdict(GroupStats)
-    writers: dict[str, AtomicIndexedWriter] = {}
+    writers: dict[str, IndexedWriter] = {}
+    eod = tokenizer.eod
     try:
         for batch in _cleaned_batches(path, reader, cleaner, rejects, hashes, config.batch_docs, pool):
-            ids = tokenizer.encode_batch([r.text for r in batch])
-            n_bytes = n_tokens = 0
-            for record, doc in zip(batch, ids):
-                doc.append(tokenizer.eod)
-                group = record.lang if config.group_by == "lang" else record.source
+            ids, lengths = tokenizer.encode_flat([r.text for r in batch])
+            ids = np.insert(ids, np.cumsum(lengths), eod)  # end of document after each one
+            lengths = lengths + 1
+            groups = [r.lang if config.group_by == "lang" else r.source for r in batch]
+            for group, docs in _runs(groups):
                 writer = writers.get(group)
                 if writer is None:
-                    writer = writers[group] = AtomicIndexedWriter(shard_dir / group_filename(group), dtype)
-                writer.add(np.asarray(doc, dtype=dtype))
+                    writer = writers[group] = IndexedWriter(shard_dir / group_filename(group), dtype)
+                if len(docs) == len(batch):
+                    writer.add_batch(ids, lengths)
+                else:
+                    writer.add_batch(ids[np.repeat(np.isin(np.arange(len(batch)), docs), lengths)], lengths[docs])
+            for record, n in zip(batch, lengths.tolist()):
                 s = by_key[(record.lang, record.source)]
-                b = len(record.text.encode("utf-8"))
-                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + len(doc)
-                n_bytes, n_tokens = n_bytes + b, n_tokens + len(doc)
-            progress.update(n_bytes, n_tokens, len(batch))
+                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + record.nbytes, s.tokens + n
+            progress.update(sum(r.nbytes for r in batch), int(lengths.sum()), len(batch))
         for writer in writers.values():
             writer.commit()
     except BaseException:
@@ -237,6 +281,17 @@ def _process_file(
     _write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
     progress.rejects(rejects.total)
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
+
+
+def _runs(groups: list[str]) -> list[tuple[str, np.ndarray]]:
+    """Each distinct group of a batch with the indices of its documents (one group: all of them)."""
+    first = groups[0]
+    if all(g == first for g in groups):
+        return [(first, np.arange(len(groups)))]
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        out[g].append(i)
+    return [(g, np.array(idx)) for g, idx in out.items()]
 
 
 def _clean(
@@ -339,7 +394,7 @@ def _merge_and_write(
     manifest = Manifest.from_shards(
         [(rel, r.stats) for rel, r in results],
         group_by=config.group_by,
-        tokenizer=str(tokenizer.path.resolve()),
+        tokenizer=tokenizer.name or str(tokenizer.path.resolve()),
         vocab_size=tokenizer.vocab_size,
         dtype=np.dtype(dtype).name,
         settings=settings,

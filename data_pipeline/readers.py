@@ -9,6 +9,7 @@ or file: every good record before the damage is kept.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
@@ -22,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
+try:
+    import orjson
+except ImportError:  # optional speed-up
+    orjson = None
+
 FORMATS = ("jsonl", "parquet", "text")
 TEXT_UNITS = ("paragraph", "line", "file")  # what one document is in a plain-text file
 SAMPLE_CHARS = 200  # characters of a rejected record kept in the rejects log
@@ -34,6 +40,7 @@ class Record:
     source: str  # the record's source field, else the input file's name without extensions
     file: str
     line: int  # first line of the record (Parquet: row number, from 1)
+    nbytes: int = 0  # UTF-8 bytes of the text once cleaned (set by the cleaner)
 
 
 @dataclass
@@ -62,6 +69,18 @@ class Rejects:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def _loads(raw: bytes) -> object:
+    """One JSON line: orjson (~2.5x faster), or the standard library, which also tells invalid UTF-8
+    from malformed JSON, accepts what orjson rejects (lone surrogate escapes) and is used when
+    orjson is absent."""
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw.decode("utf-8"))
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -223,10 +242,12 @@ class Reader:
         with _open_binary(path) as f:
             for lineno, raw in enumerate(f, start=1):
                 position[0] = lineno
-                if not raw.strip():
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]  # a byte-order mark is not part of the first record
+                if raw.isspace():
                     continue  # blank separator lines are not records
                 try:
-                    record = json.loads(raw.decode("utf-8"))
+                    record = _loads(raw)
                 except UnicodeDecodeError:
                     rejects.add("invalid_utf8", str(path), lineno, raw, source=default_source)
                     continue
@@ -274,6 +295,8 @@ class Reader:
             start, chunk = 1, []
             for lineno, raw in enumerate(f, start=1):
                 position[0] = lineno
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]
                 if self.text_unit == "line":
                     yield from self._text_doc([raw], lineno, path, source, rejects)
                 elif self.text_unit == "paragraph" and not raw.strip():

@@ -14,7 +14,6 @@ import yaml
 from qwenpt.config import ModelConfig, ParallelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def model_config(name: str, **overrides) -> ModelConfig:

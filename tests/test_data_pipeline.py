@@ -1,4 +1,7 @@
-"""The data pipeline: exact tokens per document, bad input counted, resume byte-identical, mixtures."""
+"""The data pipeline: exact tokens per document, bad input counted, resume byte-identical, mixtures.
+
+Inputs are slices of the bundled sample (qwenpt/assets/sample, GPL-2+, see its COPYRIGHT).
+"""
 
 from __future__ import annotations
 
@@ -26,13 +29,14 @@ from data_pipeline.manifest import Manifest
 from data_pipeline.mixture import (
     compute_mixture, explicit, natural, parse_tokens, parse_weights, temperature, unimax, write_data_config,
 )
-from data_pipeline.prepare import PrepareConfig, prepare
+from data_pipeline.indexed import IndexedWriter, merge_indexed_datasets, read_index
+from data_pipeline.prepare import PrepareConfig, output_lock, prepare
 from data_pipeline.tokenizer import TextTokenizer
-from qwenpt.data import BUNDLED_TOKENIZER
+from qwenpt.data import BUNDLED_TOKENIZER, SAMPLE_DIR
 
-from conftest import ROOT, SHARED
+from conftest import ROOT
 
-CORPUS = SHARED / "corpus" / "debian-reference"
+CORPUS = SAMPLE_DIR  # 10 languages x 12 documents
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +123,7 @@ def test_bad_input_is_counted_and_every_good_record_kept(tmp_path, tokenizer):
                 json.dumps({"text": good[1], "lang": "en"}).encode() + b"\n",
                 b"[1, 2, 3]\n",  # JSON but not an object
                 json.dumps({"text": good[2], "lang": "en"}).encode() + b"\n",
+                b'{"text": "lone \\ud800 surrogate", "lang": "en"}\n',  # not encodable as UTF-8, line 10
             ]
         )
     )
@@ -144,7 +149,7 @@ def test_bad_input_is_counted_and_every_good_record_kept(tmp_path, tokenizer):
         "malformed_json": 2,
         "missing_text_field": 2,
         "empty_document": 1,
-        "invalid_utf8": 2,
+        "invalid_utf8": 3,
         "truncated_or_corrupt_file": 2,
     }
     groups = m.groups()
@@ -159,6 +164,7 @@ def test_bad_input_is_counted_and_every_good_record_kept(tmp_path, tokenizer):
     where = {(Path(r["file"]).name, r["line"], r["reason"]) for r in log}
     assert ("bad.jsonl", 2, "malformed_json") in where and ("bad.jsonl", 6, "invalid_utf8") in where
     assert ("bad.jsonl", 3, "missing_text_field") in where and ("plain.txt", 3, "invalid_utf8") in where
+    assert ("bad.jsonl", 10, "invalid_utf8") in where
     assert ("trunc.jsonl.gz", recoverable + 1, "truncated_or_corrupt_file") in where
     assert any("unterminated" in r["sample"] for r in log)
 
@@ -338,7 +344,7 @@ def test_cli_fails_early_with_clear_messages(tmp_path):
     assert not (tmp_path / "o").exists()
     r = run("mix", str(tmp_path / "nope.parquet"), "--budget", "1B")
     assert r.returncode == 2 and "manifest" in r.stderr and "does not exist" in r.stderr
-    for sub in ("prepare", "stats", "mix", "train-tokenizer"):
+    for sub in ("prepare", "stats", "mix", "tokenizer", "train-tokenizer"):
         assert run(sub, "--help").returncode == 0
 
 
@@ -346,11 +352,11 @@ def test_train_tokenizer_cli_builds_a_qwen2_style_bpe(tmp_path):
     out = tmp_path / "tok"
     r = subprocess.run(
         [sys.executable, "-m", "data_pipeline", "train-tokenizer", str(CORPUS / "en.jsonl.gz"), str(CORPUS / "zh-cn.jsonl.gz"),
-         "--vocab-size", "1024", "--max-docs", "60", "-o", str(out)],
+         "--vocab-size", "1024", "--max-docs", "20", "-o", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "on 60 documents" in r.stdout
+    assert "on 20 documents" in r.stdout
     tok = TextTokenizer(out)
     assert tok.vocab_size == 1024
     assert [tok.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [1021, 1022, 1023]
@@ -376,3 +382,73 @@ def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path):
     m = Manifest.read(tmp_path / "pool" / "manifest.parquet")
     assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2}
     assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "ja": 6}
+
+
+def test_jsonl_with_a_byte_order_mark_keeps_its_first_record(tmp_path, tokenizer):
+    docs = corpus_docs("es", 3)
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
+    m = run_prepare(tmp_path / "out", src)
+    assert m.drops_by_reason() == {} and m.groups()["es"]["documents"] == 3
+    ds = IndexedDataset(str(tmp_path / "out" / "es"))
+    assert ds[0].tolist() == tokenizer.encode(unicodedata.normalize("NFC", docs[0]["text"])) + [tokenizer.eod]
+
+
+def test_second_run_on_the_same_output_fails_naming_folder_and_pid(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", corpus_docs("pt", 2))
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "data_pipeline", "prepare", str(src), "-o", str(out), "--tokenizer", str(BUNDLED_TOKENIZER), "--no-progress"]
+    with output_lock(out):  # a run in progress (this process)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"output folder {out} is in use by another prepare run (PID {os.getpid()})" in r.stderr
+        assert not (out / "manifest.parquet").exists()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # released: runs
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Manifest.read(out / "manifest.parquet").groups()["pt"]["documents"] == 2
+
+
+def test_indexed_writer_is_byte_identical_to_megatron_core(tmp_path):
+    """The pipeline's own writer (no megatron-core import) against megatron-core's builder: same
+    documents, same .bin/.idx bytes, for uint16 and int32 tokens and for merged datasets."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 60000, rng.integers(0, 50)) for _ in range(37)] + [np.array([7])]
+    for dtype in (np.uint16, np.int32):
+        name = np.dtype(dtype).name
+        ours = IndexedWriter(tmp_path / f"ours_{name}", dtype)
+        ours.add_batch(np.concatenate(docs[:20]), np.array([len(d) for d in docs[:20]]))
+        for d in docs[20:]:
+            ours.add(d)
+        ours.commit()
+        builder = IndexedDatasetBuilder(str(tmp_path / f"mc_{name}.bin"), dtype=dtype)
+        for d in docs:
+            builder.add_document(d, [len(d)])
+        builder.finalize(str(tmp_path / f"mc_{name}.idx"))
+        for ext in (".bin", ".idx"):
+            assert (tmp_path / f"ours_{name}{ext}").read_bytes() == (tmp_path / f"mc_{name}{ext}").read_bytes(), (name, ext)
+        merge_indexed_datasets(tmp_path / f"merged_{name}", [tmp_path / f"ours_{name}", tmp_path / f"mc_{name}"], dtype)
+        builder = IndexedDatasetBuilder(str(tmp_path / f"mcmerged_{name}.bin"), dtype=dtype)
+        builder.add_index(str(tmp_path / f"mc_{name}"))
+        builder.add_index(str(tmp_path / f"mc_{name}"))
+        builder.finalize(str(tmp_path / f"mcmerged_{name}.idx"))
+        for ext in (".bin", ".idx"):
+            assert (tmp_path / f"merged_{name}{ext}").read_bytes() == (tmp_path / f"mcmerged_{name}{ext}").read_bytes()
+        ds = IndexedDataset(str(tmp_path / f"merged_{name}"))
+        assert len(ds) == 2 * len(docs) and ds[len(docs) + 3].tolist() == docs[3].tolist()
+        assert read_index(tmp_path / f"merged_{name}")[1].tolist() == [len(d) for d in docs] * 2
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_prepare_cli_imports_neither_torch_nor_megatron(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", corpus_docs("id", 2))
+    code = (
+        "import sys; from data_pipeline.__main__ import main; "
+        f"rc = main(['prepare', {str(src)!r}, '-o', {str(tmp_path / 'out')!r}, '--tokenizer', {str(BUNDLED_TOKENIZER)!r}, '--no-progress']); "
+        "main(['stats', " + repr(str(tmp_path / "out" / "manifest.parquet")) + "]); "
+        "print('HEAVY', sorted(m for m in ('torch', 'megatron', 'transformers', 'sympy') if m in sys.modules), rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] 0" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
