@@ -259,3 +259,19 @@ def test_import_cli_names_the_file_for_a_missing_key_and_a_truncated_safetensors
         out = capsys.readouterr().out
         assert message in out, out
         assert "Traceback" not in out and not (tmp_path / f"{src.name}_ckpt").exists()
+
+
+def test_export_tokenizer_by_qwen_name_loads_in_transformers(tmp_path):
+    """`export --tokenizer qwen3` puts the real Qwen3 tokenizer (rebuilt offline) beside the weights."""
+    import transformers
+
+    from qwenpt.convert.hf_io import copy_tokenizer
+
+    copied = copy_tokenizer("qwen3", tmp_path)
+    assert {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"} <= set(copied)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(tok).__name__.startswith("Qwen2Tokenizer") and len(tok) == 151669
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<think>", "</think>"]) == [151643, 151644, 151667, 151668]
+    assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
+    with pytest.raises(ConfigError, match="no tokenizer files found"):
+        copy_tokenizer(tmp_path / "empty", tmp_path / "out")

@@ -1,7 +1,7 @@
 """``python -m qwenpt.convert import|export|verify`` — Hugging Face Qwen checkpoints ⇄ megatron-core.
 
   import --hf DIR --out CKPT [--name N] [--family F] [--dtype D]   HF directory -> dist checkpoint
-  export --ckpt CKPT --out DIR [--tokenizer DIR] [--dtype D]        any qwenpt checkpoint -> HF directory
+  export --ckpt CKPT --out DIR [--tokenizer DIR|NAME] [--dtype D]        any qwenpt checkpoint -> HF directory
   verify --hf DIR --ckpt CKPT [--tp N] [--pp N] [--ep N] [--tolerance T]    max |logit diff| (torchrun for TP/PP > 1)
 
 The last line of stdout is JSON; verify exits 1 above the tolerance.
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = sub.add_parser("export", help="qwenpt checkpoint (any layout) -> Hugging Face directory")
     exp.add_argument("--ckpt", required=True, help="a checkpoint directory, or a run's checkpoints/ (its latest)")
     exp.add_argument("--out", required=True)
-    exp.add_argument("--tokenizer", default=None, help="directory whose tokenizer files (and v1 remote code) to copy")
+    exp.add_argument("--tokenizer", default=None, help="directory whose tokenizer files (and v1 remote code) to copy, or a Qwen tokenizer name: qwen2, qwen2.5, qwen3")
     exp.add_argument("--dtype", default=None, help="default: the dtype the checkpoint stores its weights in")
     exp.add_argument("--max-shard-gib", type=float, default=5.0)
     ver = sub.add_parser("verify", help="compare logits of the HF model and the checkpoint")

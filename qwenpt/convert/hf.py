@@ -33,7 +33,7 @@ from qwenpt.convert.hf_io import (
     read_hf_config,
 )
 from qwenpt.convert.stream import save_on_demand
-from qwenpt.models import build_model
+from qwenpt.models import build_model, rope
 from qwenpt.models.registry import FAMILIES
 
 log = logging.getLogger("qwenpt.convert")
@@ -95,7 +95,9 @@ def model_config_of_checkpoint(ckpt: Path) -> ModelConfig:
     run_config = ckpt / "run_config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"{ckpt} has no run_config.yaml: not a checkpoint written by qwenpt")
-    return ModelConfig(**yaml.safe_load(run_config.read_text())["model"])
+    fields = yaml.safe_load(run_config.read_text())["model"]
+    fields["rope_scaling"] = rope.typed(fields.get("rope_scaling"))
+    return ModelConfig(**fields)
 
 
 def _stored_dtype(ckpt: Path) -> str:

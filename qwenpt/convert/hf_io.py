@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from qwenpt.config import ConfigError, ModelConfig
+from qwenpt.models import rope
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -91,7 +92,7 @@ def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None,
         num_query_groups=cfg.get("num_key_value_heads") or cfg["num_attention_heads"], vocab_size=cfg["vocab_size"],
         max_position_embeddings=cfg.get("max_position_embeddings", 32768), rope_theta=_rope_theta(cfg, 1e6),
         norm_eps=cfg.get("rms_norm_eps", 1e-6), tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=True,
+        qkv_bias=True, rope_scaling=rope.from_hf(cfg, source),
     )
     if qwen3:
         if cfg.get("attention_bias", False):
@@ -201,8 +202,11 @@ class ShardedSafetensorsWriter:
 
 
 def copy_tokenizer(src: str | Path, out: str | Path) -> list[str]:
-    """Copy the tokenizer (and, for Qwen v1, its remote-code .py files) from ``src``."""
-    src, copied = Path(src), []
+    """Copy the tokenizer (and, for Qwen v1, its remote-code .py files) from ``src``: a directory, or a
+    Qwen tokenizer name (``qwen2``, ``qwen2.5``, ``qwen3``), rebuilt offline from the bundled vocabulary."""
+    from data_pipeline.qwen import resolve
+
+    src, copied = resolve(src), []
     for f in [*(src / n for n in TOKENIZER_FILES), *src.glob("*.py")]:
         if f.is_file():
             shutil.copy2(f, Path(out) / f.name)

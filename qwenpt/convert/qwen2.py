@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from qwenpt.models import rope
 from qwenpt.models.registry import FAMILIES, MODEL_TYPES, hf_architecture
 from qwenpt.models.size import head_dim
 
@@ -38,6 +39,8 @@ def hf_config(m: Any) -> dict:
         "use_sliding_window": False,
     }
     cfg.update(model_type=MODEL_TYPES[arch], architectures=[arch])
+    if rope.rope_scaling(m) is not None:
+        cfg["rope_scaling"] = rope.to_hf(m)
     if arch.startswith("Qwen3"):
         cfg.update(head_dim=head_dim(m), attention_bias=m.qkv_bias)
     if m.num_experts is not None:

@@ -9,6 +9,11 @@ Context parallelism (what TE's attention does on GPUs) is here too, in its all-g
 (as in Llama 3's training): megatron-core gives each of the CP ranks two of 2 x CP sequence
 chunks (i and 2 x CP - 1 - i, so causal work is balanced); K and V are gathered from the CP
 group, and each local query chunk attends causally to every key up to its own position.
+
+Packed sequences (document masking, :mod:`qwenpt.packing`): megatron-core hands over the "THD"
+layout — [tokens, heads, dim] of the whole micro-batch and ``cu_seqlens`` in ``packed_seq_params`` —
+and each document is one causal fused-attention call on its own slice, so no [s, s] mask is ever
+built (measured against a block-diagonal mask in bench/document_mask.py).
 """
 
 from __future__ import annotations
@@ -84,15 +89,16 @@ class SDPAttention(MegatronModule):
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params: Any = None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("packed sequences and attention bias need Transformer Engine's attention")
+        if attention_bias is not None:
+            raise ValueError("attention bias needs Transformer Engine's attention")
+        dropout = self.dropout if self.training else 0.0
+        if packed_seq_params is not None:
+            return self._documents(query, key, value, packed_seq_params, dropout)
         sq, b, heads, dim = query.shape
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        dropout = self.dropout if self.training else 0.0
-        ctx = tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else contextlib.nullcontext()
         gqa = k.shape[1] != heads
-        with ctx:
+        with self._rng(dropout):
             if self.cp_group is None:
                 out = F.scaled_dot_product_attention(
                     q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale, enable_gqa=gqa
@@ -101,6 +107,31 @@ class SDPAttention(MegatronModule):
                 out = self._context_parallel(q, k, v, dropout, gqa)
         # [b, h, s, d] -> [s, b, h*d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
+
+    def _rng(self, dropout: float) -> Any:
+        return tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else contextlib.nullcontext()
+
+    def _documents(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Any,
+                   dropout: float) -> torch.Tensor:
+        """THD: [t, heads, dim] of the packed documents in, [t, heads x dim] out; each document attends
+        causally to itself only."""
+        if packed.qkv_format != "thd":
+            raise ValueError(f"packed sequences in the {packed.qkv_format!r} format are not supported; use thd")
+        if self.cp_group is not None:
+            raise ValueError("packed sequences (data.document_mask) with context parallelism need Transformer Engine")
+        t, heads, dim = query.shape
+        q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, t, d]
+        bounds = packed.cu_seqlens_q.tolist()
+        gqa = k.shape[1] != heads
+        with self._rng(dropout):
+            out = torch.cat([
+                F.scaled_dot_product_attention(
+                    q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], dropout_p=dropout, is_causal=True,
+                    scale=self.softmax_scale, enable_gqa=gqa,
+                )
+                for a, b in zip(bounds[:-1], bounds[1:])
+            ], dim=2)
+        return out[0].transpose(0, 1).reshape(t, heads * dim)
 
 
     def _context_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, gqa: bool) -> torch.Tensor:

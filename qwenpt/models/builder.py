@@ -19,6 +19,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
+from qwenpt.models import rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
 
@@ -80,7 +81,8 @@ def transformer_config(
     hybrid or e4m3, validated by :func:`qwenpt.config.validate_fp8`)."""
     on_gpu = torch.cuda.is_available()
     moe = model.num_experts is not None
-    return TransformerConfig(
+    yarn = rope.rope_scaling(model) is not None
+    config = TransformerConfig(
         # architecture
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -142,8 +144,14 @@ def transformer_config(
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=parallel.gradient_accumulation_fusion,
-        apply_rope_fusion=use_transformer_engine(),  # TE's fused RoPE kernel, as Megatron-LM uses
+        # TE's fused RoPE kernel, as Megatron-LM uses; not with YaRN, whose attention factor the fused
+        # packed-sequence (THD) kernel would drop
+        apply_rope_fusion=use_transformer_engine() and not yarn,
     )
+    if yarn:  # megatron-core reads YaRN's settings as attributes the TransformerConfig does not declare
+        for key, value in rope.megatron_fields(model).items():
+            setattr(config, key, value)
+    return config
 
 
 def layer_spec(model: Any) -> ModuleSpec:
@@ -200,7 +208,7 @@ def build_model(
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
                 share_embeddings_and_output_weights=model.tie_embeddings,
-                position_embedding_type="rope",
+                position_embedding_type="yarn" if rope.rope_scaling(model) is not None else "rope",
                 rotary_percent=1.0,
                 rotary_base=int(model.rope_theta),
                 vp_stage=stage,

@@ -1,0 +1,82 @@
+"""Document masking under a parallel layout: ``torchrun --nproc_per_node 2 tests/packing_worker.py TP SP``.
+
+Two samples of 64 tokens holding five documents of even lengths (so each also runs alone under sequence
+parallelism), their position ids and loss mask made by megatron-core's GPTDataset function with
+reset_position_ids / eod_mask_loss. Runs the packed micro-batch and each document alone on the same
+weights, and prints (from global rank 0) one JSON line with the max differences of per-token losses and of
+every gradient (SP-partial norm gradients summed over TP first, as megatron-core's finalize step does).
+"""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+import yaml
+from megatron.core import parallel_state
+from megatron.core.datasets.gpt_dataset import _get_ltor_masks_and_position_ids
+
+from qwenpt import distributed
+from qwenpt.config import ModelConfig, ParallelConfig
+from qwenpt.models import build_model
+from qwenpt.packing import pack
+
+EOD = 0
+DOCS = [[10, 24, 30], [40, 24]]  # per sample; the last document of sample 0 is cut (no EOD)
+
+
+def batch() -> dict:
+    g = torch.Generator().manual_seed(5)
+    rows = {k: [] for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    for r, lengths in enumerate(DOCS):
+        text = torch.randint(1, 8192, (65,), generator=g)
+        for end in torch.tensor(lengths).cumsum(0).tolist():
+            if r == 1 or end < 64:
+                text[end - 1] = EOD
+        tokens, labels = text[:-1], text[1:]
+        _, loss_mask, position_ids = _get_ltor_masks_and_position_ids(tokens, EOD, True, False, True, False)
+        for k, v in zip(rows, (tokens, labels, loss_mask, position_ids)):
+            rows[k].append(v)
+    return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def main(tp: int, sp: bool) -> None:
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, sequence_parallel=sp)
+    distributed.initialize(parallel, seed=1234)
+    m = ModelConfig(**yaml.safe_load(open("conf/model/tiny.yaml")))
+    model = build_model(m, parallel)[0]
+    flat, params = pack(batch())
+    mask = flat["loss_mask"][0]
+
+    def grads() -> dict:
+        out = {}
+        for name, p in model.named_parameters():
+            g = p.grad.clone()
+            if getattr(p, "sequence_parallel", False):  # each rank saw only its part of the sequence
+                dist.all_reduce(g, group=parallel_state.get_tensor_model_parallel_group())
+            out[name] = g
+        model.zero_grad()
+        return out
+
+    packed = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)[0]
+    (packed * mask).sum().backward()
+    packed_grads = grads()
+    bounds = params.cu_seqlens_q.tolist()
+    alone = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        loss = model(flat["tokens"][:, a:b], torch.arange(b - a).unsqueeze(0), None, labels=flat["labels"][:, a:b])[0]
+        (loss * mask[a:b]).sum().backward()
+        alone.append(loss.detach())
+    alone_grads = grads()
+    result = {
+        "documents": len(bounds) - 1,
+        "loss_diff": (packed.detach() - torch.cat(alone)).abs().max().item(),
+        "grad_diff": max((g - alone_grads[n]).abs().max().item() for n, g in packed_grads.items()),
+        "grad_scale": max(g.abs().max().item() for g in packed_grads.values()),
+    }
+    if dist.get_rank() == 0:
+        print("PACKING " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2] == "1")

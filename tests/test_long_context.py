@@ -1,0 +1,275 @@
+"""Long context: YaRN RoPE scaling matches transformers through import, verify and export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, hf_model, model_config
+from qwenpt.config import ConfigError, ParallelConfig, RopeScalingConfig, register, validate
+
+# trained at 32 positions, run at 96: YaRN's interpolated frequencies and attention factor both matter
+YARN = {
+    "qwen2": ("tiny", RopeScalingConfig(type="yarn", factor=4.0, original_max_position_embeddings=32)),
+    # Qwen3, with the mscale / mscale_all_dim rule of the attention factor and non-default betas
+    "qwen3": ("tiny_qwen3", RopeScalingConfig(type="yarn", factor=8.0, original_max_position_embeddings=32, beta_fast=16.0,
+                                              beta_slow=2.0, mscale=0.9, mscale_all_dim=0.5)),
+}
+SEQ = 96
+
+
+def _tokens(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, SEQ), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(m, ckpt) -> torch.Tensor:
+    from qwenpt import checkpoint
+    from qwenpt.convert.hf import megatron_logits
+    from qwenpt.models import build_model
+
+    model = build_model(m, ParallelConfig(), perform_initialization=False)
+    checkpoint.load_model(ckpt, model)
+    model[0].eval()
+    with torch.no_grad():
+        return megatron_logits(model, _tokens(m.vocab_size))
+
+
+@pytest.mark.parametrize("key", list(YARN))
+def test_yarn_logits_equal_transformers_through_import_verify_and_export(key, tmp_path, megatron_world):
+    import dataclasses
+
+    import transformers
+
+    from qwenpt.convert.hf import export_hf, import_hf, model_config_of_checkpoint, verify
+    from qwenpt.models import rope
+
+    name, scaling = YARN[key]
+    m = model_config(name, rope_theta=10000.0, rope_scaling=scaling)
+    ref = hf_model(m, seed=3)
+    expected_factor = rope.attention_factor(scaling)
+    assert ref.model.rotary_emb.attention_scaling == pytest.approx(expected_factor, rel=1e-12)
+    assert expected_factor == pytest.approx({"qwen2": 0.1 * torch.log(torch.tensor(4.0)).item() + 1,
+                                             "qwen3": (0.09 * torch.log(torch.tensor(8.0)).item() + 1)
+                                             / (0.05 * torch.log(torch.tensor(8.0)).item() + 1)}[key])
+    ref.save_pretrained(tmp_path / "hf")  # transformers 5 writes rope_parameters
+    import_hf(tmp_path / "hf", tmp_path / "ckpt")
+    imported = model_config_of_checkpoint(tmp_path / "ckpt")
+    assert rope.rope_scaling(imported) == scaling
+
+    ours = _logits(imported, tmp_path / "ckpt")
+    with torch.no_grad():
+        theirs = ref(_tokens(m.vocab_size)).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    # the same weights under plain RoPE, or YaRN without its attention factor, are far off (measured:
+    # 0.013 and 0.007 for qwen2, 0.44 and 0.12 for qwen3): the check sees both parts of YaRN
+    plain = _logits(dataclasses.replace(imported, rope_scaling=RopeScalingConfig()), tmp_path / "ckpt")
+    assert (plain - theirs).abs().max().item() > 1e-3
+    unscaled = dataclasses.replace(imported, rope_scaling=dataclasses.replace(scaling, attention_factor=1.0))
+    assert (_logits(unscaled, tmp_path / "ckpt") - theirs).abs().max().item() > 1e-3
+    report = verify(tmp_path / "hf", tmp_path / "ckpt", ParallelConfig(), seq=SEQ)
+    assert report["max_abs_diff"] <= 1e-5
+
+    export_hf(tmp_path / "ckpt", tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]
+    assert written == rope.to_hf(m) and written["type"] == "yarn" and written["factor"] == scaling.factor
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (back(_tokens(m.vocab_size)).logits - theirs).abs().max().item() <= 1e-6
+    import_hf(tmp_path / "out", tmp_path / "ckpt2")  # the Hub form ("rope_scaling", "type") reads back the same
+    assert rope.rope_scaling(model_config_of_checkpoint(tmp_path / "ckpt2")) == scaling
+
+
+def test_hf_config_without_factor_takes_the_length_ratio_as_transformers_does():
+    from qwenpt.convert.hf_io import model_config_from_hf
+
+    cfg = json.loads(json.dumps({"model_type": "qwen2", "num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 64,
+                                 "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 131072,
+                                 "rope_scaling": {"type": "yarn", "original_max_position_embeddings": 32768}}))
+    m = model_config_from_hf(cfg, "x")
+    assert m.rope_scaling.factor == 4.0 and m.rope_scaling.original_max_position_embeddings == 32768
+    cfg["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
+    with pytest.raises(ConfigError, match="config.json: rope scaling type 'dynamic' is not supported"):
+        model_config_from_hf(cfg, "x")
+
+
+def _compose(*overrides: str):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_rope_scaling_from_the_command_line_and_its_validation():
+    cfg = _compose("model.rope_scaling={type: yarn, factor: 4, original_max_position_embeddings: 512}", "model.rope_theta=500000")
+    validate(cfg, check_files=False)
+    assert cfg.model.rope_scaling.type == "yarn" and cfg.model.rope_scaling.beta_fast == 32.0
+    assert cfg.model.rope_theta == 500000
+    for override, message in [
+        ("model.rope_scaling={type: yarn, factor: 1, original_max_position_embeddings: 512}", "model.rope_scaling.factor must be above 1"),
+        ("model.rope_scaling={type: linear, factor: 2, original_max_position_embeddings: 512}",
+         "model.rope_scaling.type 'linear' is not supported"),
+        ("model.rope_scaling={type: yarn, factor: 2, original_max_position_embeddings: 512, beta_fast: 1, beta_slow: 1}",
+         "need beta_fast > beta_slow > 0"),
+        ("model.rope_scaling.factor=4", "model.rope_scaling has a factor or original_max_position_embeddings but no type"),
+        ("model.rope_scaling.type=yarn", "YaRN needs factor"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(_compose(override), check_files=False)
+    with pytest.raises(ConfigError, match="Qwen \\(v1\\) extends context"):
+        validate(_compose("model.family=qwen", "model.rope_scaling={type: yarn, factor: 2, original_max_position_embeddings: 512}"),
+                 check_files=False)
+
+
+# --- document masking --------------------------------------------------------------------------------
+
+S = 64  # sample length
+
+
+@pytest.fixture(scope="module")
+def packed_dataset(tmp_path_factory, megatron_world):
+    """A GPTDataset over 40 known documents (each ending in EOD), built the way train.py builds it with
+    data.document_mask=true; returns (dataset, documents, eod)."""
+    from data_pipeline.indexed import write_indexed_dataset
+    from data_pipeline.tokenizer import TextTokenizer
+    from qwenpt.config import DataConfig
+    from qwenpt.data import BUNDLED_TOKENIZER, Blend, build_datasets, dataset_config
+
+    out = tmp_path_factory.mktemp("packed")
+    tok = TextTokenizer(BUNDLED_TOKENIZER)
+    g = torch.Generator().manual_seed(7)
+    docs = []
+    for _ in range(40):
+        n = int(torch.randint(3, 40, (1,), generator=g))
+        ids = torch.randint(0, tok.vocab_size - 1, (n,), generator=g)
+        ids[ids == tok.eod] = 1
+        docs.append(ids.tolist() + [tok.eod])
+    write_indexed_dataset(out / "docs", docs, tok.vocab_size)
+    data = DataConfig(seq_length=S, split="100,0,0", cache_dir=str(out / "cache"), document_mask=True)
+    blend = Blend(prefixes=[str(out / "docs")], weights=[1.0], names=["docs"])
+    train = build_datasets(dataset_config(data, tok, blend, seed=3), [8, 0, 0])[0]
+    return train, docs, tok.eod
+
+
+def _micro_batch(ds, indices):
+    samples = [ds[i] for i in indices]
+    return {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+
+
+def test_document_boundaries_come_from_the_documents_eods(packed_dataset):
+    from qwenpt.packing import pack
+
+    ds, docs, eod = packed_dataset
+    whole = [tuple(d) for d in docs]
+    batch = _micro_batch(ds, range(4))
+    flat, params = pack(batch)
+    assert flat["tokens"].shape == (1, 4 * S)
+    bounds = params.cu_seqlens_q.tolist()
+    tokens = batch["tokens"]
+    expected = []
+    for row in range(4):  # a document starts each sample and after each EOD inside it
+        ends = [i + 1 for i in (tokens[row] == eod).nonzero().squeeze(1).tolist() if i + 1 < S]
+        expected += [row * S + i for i in [0, *ends]]
+    assert bounds == expected + [4 * S]
+    assert params.max_seqlen_q == max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    # every segment that is neither a sample's first nor its last is one whole document of the dataset
+    stream = flat["tokens"][0].tolist()
+    inner = [tuple(stream[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if a % S and b % S]
+    assert len(inner) >= 4 and all(seg in whole for seg in inner)
+    # the loss is masked exactly at the EODs (their labels open the next document)
+    assert torch.equal(batch["loss_mask"] == 0, tokens == eod)
+
+
+@pytest.mark.parametrize("scaling", [None, RopeScalingConfig(type="yarn", factor=4.0, original_max_position_embeddings=16)])
+def test_packed_documents_give_the_losses_and_gradients_of_each_document_alone(packed_dataset, scaling, megatron_world):
+    from qwenpt.models import build_model
+    from qwenpt.packing import pack
+
+    ds, _, _ = packed_dataset
+    m = model_config("tiny", rope_scaling=scaling or RopeScalingConfig())
+    torch.manual_seed(0)
+    model = build_model(m, ParallelConfig())[0]
+    batch = _micro_batch(ds, range(2, 4))
+    flat, params = pack(batch)
+    mask = flat["loss_mask"][0]
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return out
+
+    packed = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)[0]
+    (packed * mask).sum().backward()
+    packed_grads = grads()
+    bounds = params.cu_seqlens_q.tolist()
+    alone = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        tokens, labels = flat["tokens"][:, a:b], flat["labels"][:, a:b]
+        loss = model(tokens, torch.arange(b - a).unsqueeze(0), None, labels=labels)[0]
+        (loss * mask[a:b]).sum().backward()
+        alone.append(loss.detach())
+    alone_grads = grads()
+    assert len(bounds) >= 5  # several documents per sample
+    assert (packed.detach() - torch.cat(alone)).abs().max().item() <= 1e-5
+    for name, g in packed_grads.items():
+        assert (g - alone_grads[name]).abs().max().item() <= 1e-5, name
+    # without document masking the same samples give other losses: the test sees the masking
+    with torch.no_grad():
+        crossing = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"]).reshape(-1)
+    assert (crossing - torch.cat(alone)).abs().max().item() > 1e-3
+
+
+def test_document_mask_validation():
+    for overrides, message in [
+        (["data.document_mask=true", "parallel.context_parallel_size=2"],
+         "data.document_mask with parallel.context_parallel_size 2 is not supported yet"),
+        (["data.document_mask=true", "parallel.pipeline_model_parallel_size=2"],
+         "data.document_mask with parallel.pipeline_model_parallel_size 2 is not supported yet"),
+        (["data.reset_position_ids=true"], "data.reset_position_ids=True with data.document_mask=False is not supported"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(_compose(*overrides), world_size=2, check_files=False)
+    validate(_compose("data.document_mask=true", "data.reset_position_ids=true"), check_files=False)
+
+
+@pytest.mark.slow
+def test_packed_documents_equal_each_document_alone_under_tp2_sp():
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "packing_worker.py"), "2", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PACKING "))[8:])
+    assert result["documents"] == 5
+    assert result["loss_diff"] <= 1e-5 and result["grad_diff"] <= 1e-5  # measured: 0 and 2.9e-6 (grads up to 7.6)
+
+
+@pytest.mark.slow
+def test_training_with_document_mask_is_the_same_at_tp2_sp(tmp_path):
+    """train.py's loop with data.document_mask: one process and TP 2 + SP train the same model (per-step
+    losses, rel 1e-5), and the masking changes the losses against the same run without it."""
+    from test_parallel import LAYOUT_COMMON, TP2_SP, _launch
+
+    from qwenpt.metrics import read_metrics
+
+    common = [*LAYOUT_COMMON, "train.steps=3", "train.eval_interval=3", f"data.cache_dir={tmp_path / 'cache'}"]
+    seed = tmp_path / "seed" / "checkpoints" / "seed"
+    start = [*common, f"checkpoint.init_from={seed}"]
+    _launch(tmp_path, 1, {"seed": [*common, "checkpoint.create_seed=true"],
+                          "single": [*start, "data.document_mask=true"], "crossing": start})
+    logs = _launch(tmp_path, 2, {"tp2_sp": [*start, *TP2_SP, "data.document_mask=true"]})
+    assert "tp 2 (sp) x pp 1 x cp 1 x dp 1" in logs["tp2_sp"]
+    ref, got, crossing = (read_metrics(tmp_path / name) for name in ("single", "tp2_sp", "crossing"))
+    assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in ref] and len(ref) == 5
+    for x, y in zip(ref, got):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (x, y)
+    # an untrained model's loss hardly depends on context; from step 2 on, attending across documents shows
+    # (measured: 0.009, 0.005 and 0.0025 apart)
+    assert all(abs(x["loss"] - y["loss"]) > 1e-3 for x, y in zip(ref[2:], crossing[2:]))
