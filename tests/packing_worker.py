@@ -40,13 +40,28 @@ def batch() -> dict:
     return {k: torch.stack(v) for k, v in rows.items()}
 
 
+def packed_and_alone(model, flat: dict, params, grads) -> tuple:
+    """Per-token losses and gradients of the packed micro-batch, then of each document run alone on the
+    same weights; ``grads()`` collects and zeroes the gradients."""
+    mask = flat["loss_mask"][0]
+    packed = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)[0]
+    (packed * mask).sum().backward()
+    packed_grads = grads()
+    bounds = params.cu_seqlens_q.tolist()
+    alone = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        loss = model(flat["tokens"][:, a:b], torch.arange(b - a).unsqueeze(0), None, labels=flat["labels"][:, a:b])[0]
+        (loss * mask[a:b]).sum().backward()
+        alone.append(loss.detach())
+    return packed.detach(), torch.cat(alone), packed_grads, grads(), len(bounds) - 1
+
+
 def main(tp: int, sp: bool) -> None:
     parallel = ParallelConfig(tensor_model_parallel_size=tp, sequence_parallel=sp)
     distributed.initialize(parallel, seed=1234)
     m = ModelConfig(**yaml.safe_load(open("conf/model/tiny.yaml")))
     model = build_model(m, parallel)[0]
     flat, params = pack(batch())
-    mask = flat["loss_mask"][0]
 
     def grads() -> dict:
         out = {}
@@ -58,19 +73,10 @@ def main(tp: int, sp: bool) -> None:
         model.zero_grad()
         return out
 
-    packed = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)[0]
-    (packed * mask).sum().backward()
-    packed_grads = grads()
-    bounds = params.cu_seqlens_q.tolist()
-    alone = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        loss = model(flat["tokens"][:, a:b], torch.arange(b - a).unsqueeze(0), None, labels=flat["labels"][:, a:b])[0]
-        (loss * mask[a:b]).sum().backward()
-        alone.append(loss.detach())
-    alone_grads = grads()
+    packed, alone, packed_grads, alone_grads, documents = packed_and_alone(model, flat, params, grads)
     result = {
-        "documents": len(bounds) - 1,
-        "loss_diff": (packed.detach() - torch.cat(alone)).abs().max().item(),
+        "documents": documents,
+        "loss_diff": (packed - alone).abs().max().item(),
         "grad_diff": max((g - alone_grads[n]).abs().max().item() for n, g in packed_grads.items()),
         "grad_scale": max(g.abs().max().item() for g in packed_grads.values()),
     }

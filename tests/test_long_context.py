@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, hf_model, model_config
+from packing_worker import packed_and_alone
 from qwenpt.config import ConfigError, ParallelConfig, RopeScalingConfig, register, validate
 
 # trained at 32 positions, run at 96: YaRN's interpolated frequencies and attention factor both matter
@@ -192,32 +193,21 @@ def test_packed_documents_give_the_losses_and_gradients_of_each_document_alone(p
     model = build_model(m, ParallelConfig())[0]
     batch = _micro_batch(ds, range(2, 4))
     flat, params = pack(batch)
-    mask = flat["loss_mask"][0]
 
     def grads():
         out = {n: p.grad.clone() for n, p in model.named_parameters()}
         model.zero_grad()
         return out
 
-    packed = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)[0]
-    (packed * mask).sum().backward()
-    packed_grads = grads()
-    bounds = params.cu_seqlens_q.tolist()
-    alone = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        tokens, labels = flat["tokens"][:, a:b], flat["labels"][:, a:b]
-        loss = model(tokens, torch.arange(b - a).unsqueeze(0), None, labels=labels)[0]
-        (loss * mask[a:b]).sum().backward()
-        alone.append(loss.detach())
-    alone_grads = grads()
-    assert len(bounds) >= 5  # several documents per sample
-    assert (packed.detach() - torch.cat(alone)).abs().max().item() <= 1e-5
+    packed, alone, packed_grads, alone_grads, documents = packed_and_alone(model, flat, params, grads)
+    assert documents >= 5  # several documents per sample
+    assert (packed - alone).abs().max().item() <= 1e-5
     for name, g in packed_grads.items():
         assert (g - alone_grads[name]).abs().max().item() <= 1e-5, name
     # without document masking the same samples give other losses: the test sees the masking
     with torch.no_grad():
         crossing = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"]).reshape(-1)
-    assert (crossing - torch.cat(alone)).abs().max().item() > 1e-3
+    assert (crossing - alone).abs().max().item() > 1e-3
 
 
 def test_document_mask_validation():
