@@ -1,8 +1,12 @@
 """Pretrain a Qwen model: ``python train.py [overrides]`` or ``torchrun --nproc_per_node N train.py ...``.
 
 Configuration is composed by Hydra from conf/ (see conf/config.yaml); the schema and its
-validation live in qwenpt/config.py, the loop in qwenpt/training/.
+validation live in qwenpt/config.py, the loop in qwenpt/training/. A run the guard halts
+(non-finite loss or grad norm, a loss spike) exits with code 3 and one message, no traceback.
 """
+
+import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -11,12 +15,19 @@ from qwenpt.config import register
 
 register()
 
+HALTED_EXIT_CODE = 3
+
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from qwenpt.training import run
+    from qwenpt.training.guard import TrainingHalted
 
-    run(cfg)
+    try:
+        run(cfg)
+    except TrainingHalted as halt:
+        logging.getLogger("qwenpt").error("training halted: %s", halt)
+        sys.exit(HALTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

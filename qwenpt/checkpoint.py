@@ -9,23 +9,33 @@ Layout under the checkpoint directory::
 A checkpoint is written into ``.tmp_step_*`` and renamed to ``step_*`` only after every rank has
 finished, then ``latest`` is replaced atomically, so a crash mid-save leaves the previous
 checkpoint as the one resumed from. Each holds the model, optimizer, LR scheduler, the data
-position (consumed samples) and every rank's RNG states.
+position (consumed samples) and every rank's RNG states, and ``qwenpt_manifest.json`` (written
+last, before the rename): every file's size (and SHA-256 with ``checksums``), which
+:func:`find_resumable` checks so that a damaged checkpoint is reported and skipped, never loaded.
+With ``async_save`` the files are written by megatron-core's background writer while training
+goes on, and published (manifest, rename, ``latest``) once every rank's writer is done.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
 import os
 import random
 import shutil
+import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
 log = logging.getLogger(__name__)
 
@@ -94,43 +104,135 @@ def _sharded_state_dict(
     return state
 
 
-def save(
-    root: str | Path,
-    step: int,
-    model: list,
-    optimizer: Any,
-    scheduler: Any,
-    progress: dict,
-    run_config: Optional[str] = None,
-    keep_last: int = 0,
-    optim_sharding: str = "dp_reshardable",
-) -> Path:
-    """Write a checkpoint for ``step`` and publish it atomically; returns its directory."""
+MANIFEST = "qwenpt_manifest.json"
+PROTECTED = "protected.json"  # checkpoints keep_last never deletes (the last good one before trouble)
+
+
+def _write_manifest(directory: Path, checksums: bool) -> None:
+    files = {}
+    for f in sorted(directory.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            entry: dict[str, Any] = {"size": f.stat().st_size}
+            if checksums:
+                with open(f, "rb") as fh:
+                    entry["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
+            files[str(f.relative_to(directory))] = entry
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def protected(root: Path) -> dict[str, str]:
+    """Checkpoint name -> why it is kept (never rotated away by keep_last)."""
+    path = Path(root) / PROTECTED
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def protect(root: str | Path, name: str, reason: str) -> None:
+    """Keep checkpoint ``name`` whatever ``keep_last`` says (rank 0 calls this)."""
     root = Path(root)
-    tmp, final = root / f".tmp_{_PREFIX}{step:08d}", root / f"{_PREFIX}{step:08d}"
-    if _rank0():
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f".tmp_{_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-    _barrier()
-    state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False, optim_sharding=optim_sharding)
-    state["scheduler"] = scheduler.state_dict()
-    state["progress"] = dict(progress, step=step, layout=_layout(), optim_sharding=optim_sharding)
-    dist_checkpointing.save(state, str(tmp))
-    _barrier()
-    if _rank0():
-        if run_config is not None:
-            (tmp / "run_config.yaml").write_text(run_config)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_latest(root, final.name)
-        if keep_last > 0:
-            for old in complete_checkpoints(root)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
+    kept = protected(root)
+    if name not in kept:
+        kept[name] = reason
+        tmp = root / f".{PROTECTED}.tmp"
+        tmp.write_text(json.dumps(kept, indent=1))
+        os.replace(tmp, root / PROTECTED)
+
+
+class Saver:
+    """Writes checkpoints (synchronously, or in the background with ``async_save``) and publishes
+    each atomically. ``report(step, path, stall_s, total_s)`` is called when one is published:
+    ``stall_s`` is the time training was blocked by it, ``total_s`` from start to publish."""
+
+    def __init__(self, async_save: bool, checksums: bool, report: Callable[[int, Path, float, float], None]) -> None:
+        self.checksums, self.report = checksums, report
+        self.queue = AsyncCallsQueue() if async_save else None
+        self.pending: Optional[dict] = None  # the async save not yet published
+
+    def save(
+        self,
+        root: str | Path,
+        step: int,
+        model: list,
+        optimizer: Any,
+        scheduler: Any,
+        progress: dict,
+        run_config: Optional[str] = None,
+        keep_last: int = 0,
+        optim_sharding: str = "dp_reshardable",
+    ) -> Path:
+        """Write a checkpoint for ``step``; returns the directory it is (or will be) published as."""
+        self.wait()  # one save in flight at a time: the previous one is published first
+        start = time.perf_counter()
+        root = Path(root)
+        tmp, final = root / f".tmp_{_PREFIX}{step:08d}", root / f"{_PREFIX}{step:08d}"
+        if _rank0():
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(f".tmp_{_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        _barrier()
+        state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False, optim_sharding=optim_sharding)
+        state["scheduler"] = scheduler.state_dict()
+        state["progress"] = dict(progress, step=step, layout=_layout(), optim_sharding=optim_sharding)
+        publish = partial(self._publish, root, tmp, final, run_config, keep_last)
+        if self.queue is None:
+            dist_checkpointing.save(state, str(tmp))
+            publish()
+            elapsed = time.perf_counter() - start
+            self.report(step, final, elapsed, elapsed)
+        else:
+            # megatron-core 0.17+ defaults async saves to NVIDIA's resiliency extension (nvrx, not a
+            # dependency); its own writer, "mcore", is what 0.16 always uses
+            nvrx_default = "async_strategy" in inspect.signature(dist_checkpointing.save).parameters
+            request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True,
+                                              **({"async_strategy": "mcore"} if nvrx_default else {}))
+            request.finalize_fns.append(publish)
+            self.queue.schedule_async_request(request)
+            self.pending = {"step": step, "path": final, "start": start, "stall": time.perf_counter() - start}
+        return final
+
+    def _publish(self, root: Path, tmp: Path, final: Path, run_config: Optional[str], keep_last: int) -> None:
+        _barrier()
+        if _rank0():
+            if run_config is not None:
+                (tmp / "run_config.yaml").write_text(run_config)
+            _write_manifest(tmp, self.checksums)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_latest(root, final.name)
+            if keep_last > 0:
+                kept = protected(root)
+                for old in [p for p in complete_checkpoints(root) if p.name not in kept][:-keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+    def poll(self, blocking: bool = False) -> None:
+        """Publish the background save if every rank's writer is done (one small all-reduce, made only
+        while a save is in flight); ``blocking``: wait for it."""
+        if self.pending is None:
+            return
+        start = time.perf_counter()
+        if self.queue.maybe_finalize_async_calls(blocking=blocking):
+            p, self.pending = self.pending, None
+            p["stall"] += time.perf_counter() - start
+            self.report(p["step"], p["path"], p["stall"], time.perf_counter() - p["start"])
+        else:
+            self.pending["stall"] += time.perf_counter() - start
+
+    def wait(self) -> None:
+        self.poll(blocking=True)
+
+    def close(self, abort: bool = False) -> None:
+        """Publish what is in flight (``abort``: leave it unpublished, as after an error)."""
+        if self.queue is not None:
+            if not abort:
+                self.wait()
+            self.queue.close(abort=abort)
 
 
 def _write_latest(root: Path, name: str) -> None:
@@ -148,15 +250,65 @@ def complete_checkpoints(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
-def latest_checkpoint(root: str | Path) -> Optional[Path]:
-    root = Path(root)
+def _read_latest(root: Path) -> tuple[Optional[Path], Optional[str]]:
+    """The checkpoint ``latest`` names, or None and why it cannot be used."""
     pointer = root / "latest"
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if (named / "metadata.json").is_file():
-            return named
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
+    if not pointer.is_file():
+        return None, None
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"{pointer} is unreadable ({type(err).__name__}); ignoring it"
+    named = root / name
+    if not name or "/" in name or not name.startswith(_PREFIX) or not (named / "metadata.json").is_file():
+        return None, f"{pointer} names {name[:80]!r}, which is not a complete checkpoint here; ignoring it"
+    return named, None
+
+
+def check(path: str | Path) -> Optional[str]:
+    """What is wrong with the checkpoint at ``path`` (files missing, truncated, altered since the save,
+    metadata unreadable), or None when it is intact."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():  # written before manifests existed: check what dist_checkpointing needs
+        missing = [n for n in ("metadata.json", "common.pt") if not (path / n).is_file()]
+        return f"{', '.join(missing)} missing" if missing else None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} is unreadable ({err})"
+    for name, entry in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != entry["size"]:
+            return f"{name} is {size} bytes, {entry['size']} when saved (truncated or overwritten)"
+        if "sha256" in entry:
+            with open(f, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() != entry["sha256"]:
+                    return f"{name} has changed since it was saved (SHA-256 differs)"
+    try:
+        json.loads((path / "metadata.json").read_text())
+    except ValueError as err:
+        return f"metadata.json is unreadable ({err})"
+    return None
+
+
+def find_resumable(root: str | Path) -> tuple[Optional[Path], list[str]]:
+    """The checkpoint to resume from: what ``latest`` names if intact, else the newest intact one.
+    Also returns a message for each damaged checkpoint passed over (and an unreadable ``latest``)."""
+    root = Path(root)
+    named, problem = _read_latest(root)
+    problems = [problem] if problem else []
+    published = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and p.name[len(_PREFIX):].isdigit()]
+    published.sort(key=lambda p: int(p.name[len(_PREFIX):]), reverse=True)
+    for candidate in ([named] if named is not None else []) + [p for p in published if p != named]:
+        damage = check(candidate)
+        if damage is None:
+            return candidate, problems
+        problems.append(f"checkpoint {candidate} is damaged: {damage}")
+    return None, problems
 
 
 def _materialize_optimizer_state(optimizer: Any) -> None:
@@ -212,14 +364,20 @@ def save_model(path: str | Path, model: list, run_config: Optional[str] = None) 
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint directory from a path to one, or to a checkpoints root (its latest)."""
+    """A checkpoint directory from a path to one, or to a checkpoints root (its newest intact one;
+    damaged ones are passed over with a warning)."""
     path = Path(path).expanduser()
     if (path / "metadata.json").is_file():
         return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint (no metadata.json) nor a directory of checkpoints")
-    return latest
+    found, problems = find_resumable(path)
+    for problem in problems:
+        log.warning(problem)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint (no metadata.json) nor a directory of intact checkpoints"
+            + (f" ({'; '.join(problems)})" if problems else "")
+        )
+    return found
 
 
 @torch.no_grad()

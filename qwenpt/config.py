@@ -25,6 +25,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class RopeScalingConfig:
+    """YaRN RoPE scaling, as config.json's ``rope_scaling`` (see qwenpt/models/rope.py and README "Long context")."""
+
+    type: Optional[str] = None  # null: plain RoPE | yarn (what Qwen2/Qwen2.5/Qwen3 ship)
+    factor: Optional[float] = None  # context extension ratio, e.g. 4 for 32K -> 128K
+    original_max_position_embeddings: Optional[int] = None  # the length the model was trained at
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    # cos/sin are multiplied by attention_factor; null: mscale / mscale_all_dim if both set, else 0.1 ln(factor) + 1
+    mscale: Optional[float] = None
+    mscale_all_dim: Optional[float] = None
+    attention_factor: Optional[float] = None
+    truncate: bool = True  # round the correction range to whole dimensions
+
+
+@dataclass
 class ModelConfig:
     """One Qwen model: every number of its architecture (the files in conf/model/ are the table)."""
 
@@ -40,6 +56,8 @@ class ModelConfig:
     vocab_size: int = MISSING  # embedding rows, already padded (151936 / 152064)
     max_position_embeddings: int = MISSING
     rope_theta: float = 10000.0
+    # {type: yarn, factor, original_max_position_embeddings, ...}: YaRN; type null: plain RoPE
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     qkv_bias: bool = True
@@ -94,6 +112,10 @@ class DataConfig:
     # not trained on. Empty: every language, weighted by its tokens.
     sample_weights: Dict[str, float] = field(default_factory=dict)
     seq_length: int = 256
+    # Tokens attend only within their own document (cut at each EOD), positions restart per document and
+    # the EOD's loss (its label is the next document's first token) is masked; see README "Long context"
+    document_mask: bool = False
+    reset_position_ids: Optional[bool] = None  # null: follows document_mask (the only combination supported)
     split: str = "95,5,0"  # train, valid, test shares of each dataset's documents
     cache_dir: str = "~/.cache/qwenpt"
     num_workers: int = 0
@@ -258,6 +280,9 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
         f"model.num_attention_heads {m.num_attention_heads} is not divisible by "
         f"model.num_query_groups {m.num_query_groups}",
     )
+    from qwenpt.models import rope
+
+    rope.validate(m)
     if m.num_experts is not None:
         _check(m.moe_ffn_hidden_size is not None, "model.moe_ffn_hidden_size must be set when model.num_experts is")
         _check(
@@ -410,6 +435,30 @@ def _unknown_keys(node: Any, path: str = "") -> None:
                     _unknown_keys(item, f"{name}[{i}].")
 
 
+def _validate_document_mask(d: Any, p: Any) -> None:
+    if d.reset_position_ids is not None:
+        _check(
+            d.reset_position_ids == d.document_mask,
+            f"data.reset_position_ids={d.reset_position_ids} with data.document_mask={d.document_mask} is not supported: "
+            "megatron-core's packed-sequence RoPE restarts positions exactly where documents are masked, and without "
+            "it RoPE positions are the sequence index; leave data.reset_position_ids unset (null)",
+        )
+    if not d.document_mask:
+        return
+    _check(
+        p.context_parallel_size == 1,
+        f"data.document_mask with parallel.context_parallel_size {p.context_parallel_size} is not supported yet "
+        "(packed sequences would need per-document load-balanced CP chunks); use context_parallel_size=1 or "
+        "data.document_mask=false",
+    )
+    _check(
+        p.pipeline_model_parallel_size == 1,
+        f"data.document_mask with parallel.pipeline_model_parallel_size {p.pipeline_model_parallel_size} is not "
+        "supported yet (middle pipeline stages read no data, so they would not know the document boundaries); use "
+        "pipeline_model_parallel_size=1 or data.document_mask=false",
+    )
+
+
 def _validate_guard(t: Any) -> None:
     g, w = t.guard, t.watchdog
     _check(g.nonfinite in ("stop", "skip"), f"train.guard.nonfinite {g.nonfinite!r} must be stop or skip")
@@ -464,6 +513,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         f"data.seq_length {d.seq_length} is not divisible by 2 x parallel.context_parallel_size "
         f"{p.context_parallel_size} (context parallelism splits each sequence into 2 x CP chunks)",
     )
+    _validate_document_mask(d, p)
     if p.sequence_parallel:
         _check(
             d.seq_length % p.tensor_model_parallel_size == 0,

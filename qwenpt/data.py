@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 ASSETS = Path(str(resources.files("qwenpt") / "assets"))
 SAMPLE_DIR = ASSETS / "sample"
 BUNDLED_TOKENIZER = ASSETS / "tokenizer" / "tokenizer.json"
+QWEN2_VOCAB = 151646  # ids of the qwen2 tokenizer; public Qwen models pad their embeddings beyond it
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ class Blend:
     names: list[str]  # short name per prefix (language for the bundled sample), for per-source metrics
 
 
-def load_tokenizer(data: Any) -> TextTokenizer:
-    return TextTokenizer(Path(data.tokenizer).expanduser() if data.tokenizer else BUNDLED_TOKENIZER)
+def load_tokenizer(data: Any, model_vocab_size: int | None = None) -> TextTokenizer:
+    """``data.tokenizer``: a Qwen name (qwen2, qwen2.5, qwen3; built offline on first use), a
+    tokenizer.json or a directory; unset: qwen2 for a model with Qwen's vocabulary, else the bundled BPE."""
+    name = data.tokenizer or ("qwen2" if (model_vocab_size or 0) >= QWEN2_VOCAB else BUNDLED_TOKENIZER)
+    return TextTokenizer(name)
 
 
 def prepare_sample(cache_dir: str | Path, tokenizer: TextTokenizer) -> Blend:
@@ -94,9 +100,11 @@ def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int)
         split=data.split,
         path_to_cache=str(Path(data.cache_dir).expanduser() / "index"),
         tokenizer=tokenizer,
-        reset_position_ids=False,
+        # data.document_mask: positions restart after each EOD (qwenpt/packing.py turns them into document
+        # boundaries; no dense mask is built) and the EOD's loss, whose label opens the next document, is masked
+        reset_position_ids=data.document_mask,
         reset_attention_mask=False,
-        eod_mask_loss=False,
+        eod_mask_loss=data.document_mask,
         create_attention_mask=False,
         mmap_bin_files=True,
     )
@@ -115,6 +123,35 @@ def build_source_valid_sets(config: GPTDatasetConfig, blend: Blend, num_samples:
         single = dataclasses.replace(config, blend=([prefix], [1.0]), blend_per_split=None)
         out[name] = build_datasets(single, [0, num_samples, 0])[1]
     return out
+
+
+_MAX_ID_CHUNK = 1 << 24  # tokens per read: 32-64 MiB, bounded memory on any corpus size
+
+
+def max_token_id(prefix: str | Path, cache_dir: str | Path) -> int:
+    """The largest token id in a megatron indexed dataset (``prefix.bin``/``.idx``), for checking it
+    against the model's vocabulary before anything is built. Read once from the memory-mapped
+    ``.bin`` in chunks (its dtype from megatron-core's ``IndexedDataset``), then cached in
+    ``cache_dir/max_token_id`` keyed by the file's path, size and mtime."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    bin_path = Path(f"{prefix}.bin").expanduser().resolve()
+    st = bin_path.stat()
+    key = hashlib.sha256(f"{bin_path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    cache = Path(cache_dir).expanduser() / "max_token_id" / f"{key}.txt"
+    if cache.is_file():
+        return int(cache.read_text())
+    dtype = IndexedDataset(str(bin_path.with_suffix("")), mmap=True).index.dtype
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r")
+    top = -1
+    for start in range(0, len(tokens), _MAX_ID_CHUNK):
+        top = max(top, int(tokens[start:start + _MAX_ID_CHUNK].max()))
+    del tokens
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(str(top))
+    os.replace(tmp, cache)
+    return top
 
 
 class PretrainingSampler:

@@ -7,6 +7,7 @@ is installed first.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -38,15 +39,18 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_process_group() -> Runtime:
-    """Join (or create) the default process group; install the CPU layer when CUDA is absent."""
+def init_process_group(timeout_s: float = 1800.0) -> Runtime:
+    """Join (or create) the default process group; install the CPU layer when CUDA is absent. Every
+    collective of the group (NCCL or gloo) fails after ``timeout_s`` rather than waiting forever."""
     cpu = cpu_compat.install()
     if not dist.is_initialized():
         backend = "gloo" if cpu else "nccl"
         if "RANK" in os.environ:
             if not cpu:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+                # a timed-out NCCL collective aborts the process (torch's default since 2.2, made explicit)
+                os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         else:  # a single plain process: a world of one, no rendezvous needed
             if not cpu:
                 torch.cuda.set_device(0)
@@ -55,15 +59,15 @@ def init_process_group() -> Runtime:
     return Runtime(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, cpu=cpu)
 
 
-def initialize(parallel: Any, seed: int) -> Runtime:
+def initialize(parallel: Any, seed: int, timeout_s: float = 1800.0) -> Runtime:
     """Process group, megatron-core model-parallel groups, and seeds (same init on every DP rank)."""
-    rt = init_process_group()
-    init_parallel_state(parallel)
+    rt = init_process_group(timeout_s)
+    init_parallel_state(parallel, timeout_s=timeout_s)
     seed_everything(seed)
     return rt
 
 
-def init_parallel_state(parallel: Any, gloo_groups: bool = True) -> None:
+def init_parallel_state(parallel: Any, gloo_groups: bool = True, timeout_s: float = 1800.0) -> None:
     """megatron-core's TP/PP/VPP/CP/EP groups for a layout, on the current default process group
     (``gloo_groups=False``: no gloo side groups, as on torch's fake process group)."""
     if parallel_state.model_parallel_is_initialized():
@@ -76,6 +80,7 @@ def init_parallel_state(parallel: Any, gloo_groups: bool = True) -> None:
         expert_model_parallel_size=parallel.expert_model_parallel_size,
         expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
         create_gloo_process_groups=gloo_groups,
+        distributed_timeout_minutes=max(1, math.ceil(timeout_s / 60)),
     )
 
 

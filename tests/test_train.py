@@ -93,9 +93,11 @@ def test_stop_request_checkpoints_and_resumes_step_for_step(tmp_path, reference1
 
 @pytest.mark.slow
 def test_killed_run_resumes_step_for_step(tmp_path, reference16):
+    """The killed run writes its checkpoints in the background (checkpoint.async_save): published only
+    when complete, they resume exactly like synchronous ones."""
     common = RESUME
     run_dir = tmp_path / "killed"
-    cmd = _train_cmd(run_dir, *common)
+    cmd = _train_cmd(run_dir, *common, "checkpoint.async_save=true")
     # its own process group, killed whole (as a node failure would): megatron-core's checkpoint
     # writer process must not outlive the test as an orphan
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -117,17 +119,18 @@ def test_killed_run_resumes_step_for_step(tmp_path, reference16):
 
 def test_interrupted_save_never_shadows_the_last_checkpoint(tmp_path):
     """A crash mid-save leaves a .tmp_ directory; resume ignores it and takes the last complete one."""
-    from qwenpt.checkpoint import complete_checkpoints, latest_checkpoint
+    from qwenpt.checkpoint import complete_checkpoints, find_resumable
 
     root = tmp_path / "checkpoints"
     good = root / "step_00000008"
     good.mkdir(parents=True)
     (good / "metadata.json").write_text("{}")
+    (good / "common.pt").write_bytes(b"")
     (root / "latest").write_text("step_00000008\n")
     partial = root / ".tmp_step_00000016"
     partial.mkdir()
     (partial / "metadata.json").write_text("{}")
-    assert latest_checkpoint(root) == good
+    assert find_resumable(root) == (good, [])
     assert complete_checkpoints(root) == [good]
     (root / "latest").unlink()  # even without the pointer file
-    assert latest_checkpoint(root) == good
+    assert find_resumable(root) == (good, [])

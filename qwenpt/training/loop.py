@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -18,17 +19,21 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_batch_on_this_cp_rank
+from megatron.core.transformer.module import Float16Module
+from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from qwenpt import checkpoint, distributed
+from qwenpt import checkpoint, distributed, packing
 from qwenpt.config import ConfigError, describe_layout, to_container, validate
 from qwenpt.data import build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader, resolve_blend
 from qwenpt.flops import peak_tflops, training_flops_per_token
 from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
+from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
 from qwenpt.training.optim import build_optimizer, build_scheduler
+from qwenpt.training.resume import select_checkpoint
+from qwenpt.training.watchdog import Watchdog
 
 log = logging.getLogger("qwenpt")
 
@@ -39,12 +44,17 @@ def resolve_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
+_UNASKED = object()
+
+
 class StopRequest:
     """A request to checkpoint and exit: a signal on any rank, or the stop file (checked by rank 0).
-    Every rank learns of it at the same step boundary (a one-integer all-reduce per step)."""
+    Every rank learns of it at the same step boundary (one small all-reduce per step, which also
+    carries the guard's verdict)."""
 
     def __init__(self, signal_name: Optional[str], stop_file: Optional[str], device: torch.device, is_main: bool) -> None:
         self.received: Optional[str] = None
+        self._reason: Any = _UNASKED
         self.device = device
         self.stop_file = Path(stop_file) if stop_file and is_main else None
         if signal_name is not None:
@@ -56,16 +66,25 @@ class StopRequest:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received = signal.Signals(signum).name
 
-    def requested(self) -> Optional[str]:
-        """The reason to stop, known on every rank; None to go on."""
+    def exchange(self, nonfinite: bool) -> bool:
+        """The step's one all-reduce: every rank learns of a stop request and whether any rank saw a
+        non-finite loss or grad norm (so all take the guard's decision together); returns the latter."""
         local = 0
         if self.received is not None:
             local = 1
         elif self.stop_file is not None and self.stop_file.exists():
             local = 2
-        flag = torch.tensor([local], dtype=torch.int32, device=self.device)
+        flag = torch.tensor([local, int(nonfinite)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return {0: None, 1: "signal", 2: "stop file"}[int(flag.item())]
+        self._reason = {0: None, 1: "signal", 2: "stop file"}[int(flag[0].item())]
+        return bool(flag[1].item())
+
+    def requested(self) -> Optional[str]:
+        """The reason to stop, known on every rank; None to go on (from this step's exchange)."""
+        if self._reason is _UNASKED:  # the optimizer returned before the guard's exchange (fp16 overflow)
+            self.exchange(False)
+        reason, self._reason = self._reason, _UNASKED
+        return reason
 
     def clear(self) -> None:
         if self.stop_file is not None:
@@ -79,9 +98,12 @@ def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
         overlap_param_gather=parallel.overlap_param_gather,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
+    # bf16: megatron-core's Float16Module casts the chunk to bf16 and its logits/loss back to fp32
+    # (as Megatron-LM does); the optimizer keeps fp32 main parameters, DDP fp32 main gradients
     model = [
         DistributedDataParallel(
-            config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0
+            config=chunk.config, ddp_config=ddp_config,
+            module=Float16Module(chunk.config, chunk) if chunk.config.bf16 else chunk, disable_bucketing=i > 0,
         )
         for i, chunk in enumerate(chunks)
     ]
@@ -104,15 +126,26 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_
 _SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
-def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module):
-    inner = getattr(model, "module", model)
+def _this_cp_rank(batch: dict) -> dict:
+    """This rank's 2 of the 2 x CP chunks of every sequence (megatron-core's load-balanced split).
+    megatron-core >= 0.17 requires ``is_hybrid_cp`` and needs the CP group passed explicitly."""
+    kwargs: dict[str, Any] = {"cp_group": parallel_state.get_context_parallel_group()}
+    if "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters:
+        kwargs["is_hybrid_cp"] = False
+    return get_batch_on_this_cp_rank(batch, **kwargs)
+
+
+def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module,
+                 document_mask: bool = False):
     if data_iterator is None:  # a middle pipeline stage: activations come from the previous stage
         return model(None, None, None), partial(loss_func, None)
     sample = next(data_iterator)
-    # context parallel: this rank's 2 of the 2 x CP chunks of every sequence
-    batch = get_batch_on_this_cp_rank({k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS})
-    labels = batch["labels"] if inner.post_process else None
-    output = model(batch["tokens"], batch["position_ids"], None, labels=labels)
+    batch = _this_cp_rank({k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS})
+    packed = None
+    if document_mask:  # one packed sequence of the micro-batch's documents (qwenpt/packing.py)
+        batch, packed = packing.pack(batch)
+    labels = batch["labels"] if get_attr_wrapped_model(model, "post_process") else None
+    output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed)
     return output, partial(loss_func, batch["loss_mask"])
 
 
@@ -130,8 +163,8 @@ def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int)
     """One loader per model chunk that reads data (first or last stage); None for the others."""
     its = []
     for chunk in model:
-        inner = chunk.module
-        its.append(make_loader(dataset, consumed, mbs, workers) if inner.pre_process or inner.post_process else None)
+        reads = get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
+        its.append(make_loader(dataset, consumed, mbs, workers) if reads else None)
     return its
 
 
@@ -142,15 +175,17 @@ class Trainer:
         # megatron-core logs each dataset build and DDP bucket at INFO; qwenpt logs a summary instead
         logging.getLogger("megatron.core").setLevel(logging.WARNING)
         self.cfg = cfg
-        self.rt = distributed.initialize(cfg.parallel, cfg.train.seed)
+        self.rt = distributed.initialize(cfg.parallel, cfg.train.seed, timeout_s=cfg.train.watchdog.collective_timeout_s)
         if not self.rt.is_main:
             logging.getLogger().setLevel(logging.WARNING)
         t, d = cfg.train, cfg.data
         self.dtype = resolve_dtype(t.precision)
         self.run_dir = Path(t.run_dir)
         self.ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
+        # before any dataset or model: a damaged checkpoint or a changed config is answered at once
+        self.resume_from = select_checkpoint(cfg, self.ckpt_dir, self.rt.is_main)
 
-        self.tokenizer = load_tokenizer(d)
+        self.tokenizer = load_tokenizer(d, cfg.model.vocab_size)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(
                 f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
@@ -167,22 +202,22 @@ class Trainer:
             build_source_valid_sets(ds_config, self.blend, t.eval_steps * t.global_batch_size) if t.eval_per_source else {}
         )
 
-        chunks = build_model(cfg.model, cfg.parallel, self.dtype)
+        chunks = build_model(cfg.model, cfg.parallel, self.dtype, fp8=t.fp8, fp8_recipe=t.fp8_recipe)
         self.model = wrap_ddp(chunks, cfg.parallel)
         self.optimizer = build_optimizer(cfg.optim, cfg.parallel, self.model, self.dtype)
-        self.scheduler = build_scheduler(cfg.optim, t.steps, self.optimizer)
-        mcfg = chunks[0].config
+        self.scheduler = build_scheduler(cfg.optim, t.steps, self.optimizer, override=cfg.checkpoint.override_schedule)
+        self.mcfg = mcfg = chunks[0].config
         mcfg.no_sync_func = [c.no_sync for c in self.model] if len(self.model) > 1 else self.model[0].no_sync
         mcfg.grad_scale_func = self.optimizer.scale_loss
         mcfg.finalize_model_grads_func = finalize_model_grads
         self.forward_backward = get_forward_backward_func()
 
         self.step, self.consumed = 0, 0
-        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if cfg.checkpoint.resume else None
-        if latest is not None:
-            progress = checkpoint.load(latest, self.model, self.optimizer, self.scheduler)
+        self.last_saved: Optional[Path] = self.resume_from
+        if self.resume_from is not None:
+            progress = checkpoint.load(self.resume_from, self.model, self.optimizer, self.scheduler)
             self.step, self.consumed = progress["step"], progress["consumed_samples"]
-            log.info("resumed from %s at step %d (%d samples consumed)", latest, self.step, self.consumed)
+            log.info("resumed from %s at step %d (%d samples consumed)", self.resume_from, self.step, self.consumed)
         elif cfg.checkpoint.init_from is not None or cfg.checkpoint.init_from_hf is not None:
             init = cfg.checkpoint.init_from or self._import_hf(cfg.checkpoint.init_from_hf)
             source = checkpoint.load_model(init, self.model)
@@ -190,6 +225,9 @@ class Trainer:
             log.info("initialised weights from %s", source)
 
         self.stop = StopRequest(t.exit_signal, t.stop_file, self.rt.device, self.rt.is_main)
+        self.guard = Guard(t.guard, self.optimizer, self.stop.exchange, self._protect_last_good)
+        self.saver = checkpoint.Saver(cfg.checkpoint.async_save, cfg.checkpoint.checksums, self._saved)
+        self.watchdog = Watchdog(t.watchdog, self.rt.rank, self.run_dir)
         counts = param_counts(cfg.model)
         self.flops_per_token = training_flops_per_token(cfg.model, d.seq_length)
         self.peak = peak_tflops(t.peak_tflops)
@@ -227,11 +265,22 @@ class Trainer:
         return target
 
     def train_step(self, iterators: list) -> tuple[float, int, float]:
+        """One step; the update is applied only when the guard finds loss and grad norm finite on every rank."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
+        step_func = partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask)
+        step, rank, guard = self.step + 1, self.rt.rank, self.guard
+        if (factor := guard.injection_at(step, rank, "loss")) is not None:
+            step_func = inject_loss(step_func, factor)
+        factor = guard.injection_at(step, rank, "grad")
+        self.mcfg.finalize_model_grads_func = (
+            finalize_model_grads if factor is None else inject_grads(finalize_model_grads, self.model, factor)
+        )
+        if guard.injection_at(step, rank, "hang") is not None:
+            hang()
         losses = self.forward_backward(
-            forward_step_func=partial(forward_step, self.rt.device),
+            forward_step_func=step_func,
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=self.num_micro,
@@ -239,11 +288,11 @@ class Trainer:
             micro_batch_size=self.cfg.train.micro_batch_size,
             forward_only=False,
         )
-        self.scheduler.step(increment=1)  # step k applies lr(k): warmup reaches the peak at k = warmup
-        ok, grad_norm, _ = self.optimizer.step()
-        if not ok:
-            raise FloatingPointError(f"optimizer step {self.step + 1} failed (non-finite gradients)")
+        # the loss is read before the update (the same single host sync as before, now ahead of the step)
         loss, tokens = _reduce_loss(losses, self.rt.device)
+        guard.begin(loss)
+        self.scheduler.step(increment=1)  # step k applies lr(k): warmup reaches the peak at k = warmup
+        _, grad_norm, _ = self.optimizer.step()  # the guard's gate decides whether it updates
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
 
     @torch.no_grad()
@@ -256,7 +305,7 @@ class Trainer:
         total = []
         for _ in range(self.cfg.train.eval_steps):
             total += self.forward_backward(
-                forward_step_func=partial(forward_step, self.rt.device),
+                forward_step_func=partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask),
                 data_iterator=its if len(its) > 1 else its[0],
                 model=self.model if len(self.model) > 1 else self.model[0],
                 num_microbatches=self.num_micro,
@@ -269,15 +318,37 @@ class Trainer:
         return _reduce_loss(total, self.rt.device)[0]
 
     def save(self) -> None:
-        path = checkpoint.save(
-            self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
-            progress={"consumed_samples": self.consumed},
-            run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
-            keep_last=self.cfg.checkpoint.keep_last,
-            optim_sharding=self.cfg.checkpoint.optim_sharding,
-        )
+        if not check_finite_parameters(self.model):
+            raise TrainingHalted(
+                f"step {self.step}: the weights hold NaN/Inf; refusing to save a checkpoint from them. "
+                f"Last good checkpoint: {self._last_good()}."
+            )
+        with self.watchdog.watch(f"checkpoint save at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
+            self.saver.save(
+                self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
+                progress={"consumed_samples": self.consumed},
+                run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
+                keep_last=self.cfg.checkpoint.keep_last,
+                optim_sharding=self.cfg.checkpoint.optim_sharding,
+            )
+
+    def _saved(self, step: int, path: Path, stall_s: float, total_s: float) -> None:
+        self.last_saved = path
         if self.rt.is_main:
-            log.info("saved checkpoint %s", path)
+            log.info(
+                "saved checkpoint %s (training blocked %.3f s%s)", path, stall_s,
+                f", written in the background in {total_s:.3f} s" if self.cfg.checkpoint.async_save else "",
+            )
+
+    def _last_good(self) -> str:
+        self.saver.wait()  # a save in flight was taken before the trouble: publish it first
+        if self.last_saved is None:
+            return "none (no checkpoint saved yet; rerunning starts over)"
+        return str(self.last_saved)
+
+    def _protect_last_good(self, step: int) -> None:
+        if self.rt.is_main and self.last_saved is not None:
+            checkpoint.protect(self.ckpt_dir, self.last_saved.name, f"the last checkpoint before trouble at step {step}")
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -292,15 +363,19 @@ class Trainer:
         )
         if self.step == 0:
             self._log_eval()
-        window_loss, window_time, window_steps = 0.0, 0.0, 0
+        window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
         last = {}
         while self.step < t.steps:
             start = time.perf_counter()
-            loss, tokens, grad_norm = self.train_step(iterators)
+            with self.watchdog.watch(f"train step {self.step + 1}"):
+                loss, tokens, grad_norm = self.train_step(iterators)
             elapsed = time.perf_counter() - start
             self.step += 1
-            self.consumed += t.global_batch_size
-            window_loss, window_time, window_steps = window_loss + loss, window_time + elapsed, window_steps + 1
+            self.consumed += t.global_batch_size  # a skipped step's batch is consumed too
+            skipped = self.guard.end(self.step, self._last_good)
+            self.saver.poll()
+            window_time, window_steps = window_time + elapsed, window_steps + 1
+            window_loss, window_skips = (window_loss, window_skips + 1) if skipped else (window_loss + loss, window_skips)
             tps = tokens_per_step / elapsed
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
@@ -311,16 +386,20 @@ class Trainer:
                 "tokens_per_s": tps, "tflops_per_device": tflops,
                 "mfu": tflops / self.peak if self.peak else None,
             }
+            if skipped:
+                last["skipped"] = True
             self.metrics.log(last)
             if self.step % cfg.logging.log_interval == 0 and self.rt.is_main:
                 mean_tps = tokens_per_step * window_steps / window_time
+                mean_loss = window_loss / (window_steps - window_skips) if window_steps > window_skips else math.nan
                 mean_tflops = self.flops_per_token * mean_tps / self.rt.world_size / 1e12
                 bar.write(
-                    f"step {self.step:>6}/{t.steps} | loss {window_loss / window_steps:.4f} | lr {last['lr']:.3e} | "
+                    f"step {self.step:>6}/{t.steps} | loss {mean_loss:.4f} | lr {last['lr']:.3e} | "
                     f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
                     + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
+                    + (f" | {window_skips} skipped" if window_skips else "")
                 )
-                window_loss, window_time, window_steps = 0.0, 0.0, 0
+                window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
             if self.step % t.eval_interval == 0 or self.step == t.steps:
                 self._log_eval(bar)
             saved = self.step % cfg.checkpoint.save_interval == 0 or self.step == t.steps
@@ -341,16 +420,23 @@ class Trainer:
         return last
 
     def _log_eval(self, bar: Optional[tqdm] = None) -> None:
-        loss = self.evaluate()
-        record = {"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length}
-        if self.source_valid:
-            record["per_source"] = {name: self.evaluate(ds) for name, ds in self.source_valid.items()}
+        with self.watchdog.watch(f"evaluation at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
+            loss = self.evaluate()
+            record = {"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length}
+            if self.source_valid:
+                record["per_source"] = {name: self.evaluate(ds) for name, ds in self.source_valid.items()}
         self.metrics.log(record)
         if self.rt.is_main:
             (bar.write if bar else print)(f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}")
 
-    def close(self) -> None:
-        self.metrics.close()
+    def close(self, failed: bool = False) -> None:
+        """Publish a checkpoint still being written (``failed``: an error that may have left the ranks
+        out of step, so leave it unpublished: resume takes the previous one), then stop the watchdog."""
+        try:
+            self.saver.close(abort=failed)
+        finally:
+            self.watchdog.close()
+            self.metrics.close()
 
 
 def create_seed(cfg: DictConfig) -> Path:
@@ -373,7 +459,13 @@ def run(cfg: DictConfig) -> dict:
     if cfg.checkpoint.create_seed:
         return {"seed_checkpoint": str(create_seed(cfg))}
     trainer = Trainer(cfg)
+    failed = True
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        failed = False
+        return result
+    except TrainingHalted:
+        failed = False  # every rank halts at the same step: the save in flight can be published
+        raise
     finally:
-        trainer.close()
+        trainer.close(failed)

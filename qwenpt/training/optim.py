@@ -30,8 +30,12 @@ def build_optimizer(optim: Any, parallel: Any, model: list, dtype: torch.dtype) 
     return get_megatron_optimizer(config, model)
 
 
-def build_scheduler(optim: Any, train_steps: int, optimizer: MegatronOptimizer) -> OptimizerParamScheduler:
-    """Warmup then cosine / linear / constant / WSD (warmup-stable-decay); stepped once per iteration."""
+def build_scheduler(
+    optim: Any, train_steps: int, optimizer: MegatronOptimizer, override: bool = False
+) -> OptimizerParamScheduler:
+    """Warmup then cosine / linear / constant / WSD (warmup-stable-decay); stepped once per iteration.
+    On loading a checkpoint the saved schedule is kept, or with ``override`` this one replaces it (the
+    step count is always the checkpoint's); qwenpt.training.resume decides which, before loading."""
     wsd_steps = int(round(optim.wsd_decay_fraction * train_steps)) if optim.schedule == "wsd" else None
     return OptimizerParamScheduler(
         optimizer,
@@ -47,4 +51,6 @@ def build_scheduler(optim: Any, train_steps: int, optimizer: MegatronOptimizer) 
         wd_incr_style="constant",
         wsd_decay_steps=wsd_steps,
         lr_wsd_decay_style=optim.wsd_decay_style if wsd_steps else None,
+        override_opt_param_scheduler=override,
+        use_checkpoint_opt_param_scheduler=not override,
     )

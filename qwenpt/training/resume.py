@@ -1,0 +1,122 @@
+"""Which checkpoint a run resumes from, and what a changed config means for it.
+
+The checkpoint: the newest intact one (:func:`qwenpt.checkpoint.find_resumable`); damaged ones are
+named with what is wrong and passed over. Rank 0 decides and tells the others, before any model or
+dataset exists.
+
+The config: the resumed run's config is compared with the checkpoint's ``run_config.yaml``.
+
+- model architecture differs: refused (a checkpoint resumes only into its own architecture;
+  ``checkpoint.init_from`` starts another run from its weights);
+- LR schedule differs (``train.steps``, ``optim.lr/min_lr/schedule/warmup_steps/wsd_*/weight_decay``):
+  refused, naming ``checkpoint.override_schedule``; with it the schedule is rebuilt from the new
+  config at the checkpoint's step (e.g. raising ``train.steps`` re-stretches the decay over the new
+  total, so the LR rises again from min_lr);
+- data or batch differs (``train.global_batch_size``, ``data.*`` blend, weights, split, sequence
+  length, tokenizer, ``train.seed``): allowed with a warning: the data position (consumed
+  samples) is kept, but the run no longer sees the data an uninterrupted one would;
+- parallel layout differs: allowed (dist_checkpointing reshards), logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.distributed as dist
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from qwenpt import checkpoint
+from qwenpt.config import ConfigError
+
+log = logging.getLogger("qwenpt")
+
+SCHEDULE = ("train.steps", "optim.lr", "optim.min_lr", "optim.schedule", "optim.warmup_steps",
+            "optim.wsd_decay_fraction", "optim.wsd_decay_style", "optim.weight_decay")
+DATA = ("train.global_batch_size", "train.seed", "data.blend", "data.sample_weights", "data.split",
+        "data.seq_length", "data.tokenizer")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not key.endswith("weights"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict, now: dict) -> dict[str, list[str]]:
+    """Differences that matter, by kind (model, schedule, data, layout): 'field old -> new'."""
+    old, new = _flatten(saved), _flatten(now)
+    kinds: dict[str, list[str]] = {"model": [], "schedule": [], "data": [], "layout": []}
+    for key in sorted(set(old) & set(new)):
+        if old[key] == new[key] or key == "model.name":
+            continue
+        kind = (
+            "schedule" if key in SCHEDULE else "data" if key in DATA
+            else "model" if key.startswith("model.") else "layout" if key.startswith("parallel.") else None
+        )
+        if kind is not None:
+            kinds[kind].append(f"{key} {old[key]} -> {new[key]}")
+    return kinds
+
+
+def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
+    """(checkpoint path or None, warnings, error): rank 0's decision."""
+    path, problems = checkpoint.find_resumable(ckpt_dir)
+    if path is None:
+        if problems:
+            return None, [], (
+                f"checkpoint.resume: no intact checkpoint in {ckpt_dir}: " + "; ".join(problems)
+                + ". Move the damaged ones away to start over (or set checkpoint.resume=false)."
+            )
+        return None, [], None
+    notes = [p + (f"; resuming from {path.name} instead" if "damaged" in p else "") for p in problems]
+    saved_file = path / "run_config.yaml"
+    if not saved_file.is_file():
+        return str(path), notes, None
+    saved = yaml.safe_load(saved_file.read_text())
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    if changes["model"]:
+        return None, notes, (
+            f"checkpoint {path} holds another model ({'; '.join(changes['model'])}); a run resumes only "
+            "into its own architecture. Use a new train.run_dir, with checkpoint.init_from to start from its weights."
+        )
+    if changes["schedule"]:
+        diff = "; ".join(changes["schedule"])
+        if not cfg.checkpoint.override_schedule:
+            return None, notes, (
+                f"resuming {path} with a different LR schedule than it was saved with ({diff}). Set "
+                "checkpoint.override_schedule=true to rebuild the schedule from the new config at the checkpoint's "
+                "step, or restore the saved values (its run_config.yaml)."
+            )
+        notes.append(f"LR schedule rebuilt from the new config at the checkpoint's step ({diff}; checkpoint.override_schedule=true)")
+    if changes["data"]:
+        notes.append(
+            f"data or batch changed since {path.name} ({'; '.join(changes['data'])}): the data position is kept, "
+            "but this run no longer sees the data an uninterrupted run would"
+        )
+    if changes["layout"]:
+        notes.append(f"parallel layout changed since {path.name} ({'; '.join(changes['layout'])}): resharding on load")
+    return str(path), notes, None
+
+
+def select_checkpoint(cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> Optional[Path]:
+    """The checkpoint to resume from (None: start fresh), the same on every rank; raises
+    :class:`ConfigError` when resuming cannot be right."""
+    if not cfg.checkpoint.resume:
+        return None
+    decision = [_decide(cfg, ckpt_dir) if is_main else None]
+    dist.broadcast_object_list(decision, src=0)
+    path, notes, error = decision[0]
+    if error is not None:
+        raise ConfigError(error)
+    for note in notes if is_main else ():
+        log.warning(note)
+    return Path(path) if path is not None else None
