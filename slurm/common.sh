@@ -9,6 +9,7 @@
 #   QWENPT_RUNS       where runs and their checkpoints go (default: $QWENPT_ROOT/runs; a shared file system)
 #   GPUS_PER_NODE     default 8;  MASTER_PORT  default 29500
 #   NCCL_*            anything set before sbatch wins over the defaults below
+#   QWENPT_HANG_REQUEUES  how often a job whose training hung (train.watchdog) is requeued (default 2)
 #   QWENPT_DRY_RUN=1  print the srun and per-node torchrun/train.py command lines, check the layout with
 #                     the planner for this many GPUs, and exit (works without Slurm, with SLURM_* faked)
 
@@ -80,14 +81,28 @@ qwenpt_launch() {
         return
     fi
 
-    local requeue=0
+    local requeue=0 started="$QWENPT_RUNS/.started-$job"
     trap 'echo "$(date -Is) warning signal: asking training to checkpoint and stop"; touch "$stop_file"; requeue=1' USR1
+    touch "$started"
     "${srun[@]}" "${torchrun[@]}" &
     local pid=$! rc=0
     while true; do
         wait "$pid" && rc=0 || rc=$?
         kill -0 "$pid" 2>/dev/null || break  # wait returned early for the trap: keep waiting
     done
+    # A hang: train.watchdog dumped every rank's stack, wrote <run_dir>/HANG and exited non-zero.
+    # Requeue to resume from the last checkpoint, at most QWENPT_HANG_REQUEUES times per job.
+    local hang
+    hang=$(find "$QWENPT_RUNS" -maxdepth 4 -name HANG -newer "$started" 2>/dev/null | head -n 1)
+    rm -f "$started"
+    if [ "$requeue" = 0 ] && [ "$rc" != 0 ] && [ -n "$hang" ]; then
+        if [ "${SLURM_RESTART_COUNT:-0}" -lt "${QWENPT_HANG_REQUEUES:-2}" ]; then
+            echo "$(date -Is) training hung ($hang; stacks in hang_rank*.txt beside it)"
+            requeue=1
+        else
+            echo "$(date -Is) training hung again ($hang) after ${SLURM_RESTART_COUNT} requeues; not requeueing"
+        fi
+    fi
     if [ "$requeue" = 1 ]; then
         echo "$(date -Is) training stopped (exit $rc); requeueing job $job to resume from its checkpoint"
         scontrol requeue "$job"

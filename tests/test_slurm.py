@@ -107,3 +107,29 @@ def test_warning_signal_checkpoints_and_requeues(tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77\n"
     assert not (tmp_path / "runs" / ".stop-77").exists()
+
+
+@pytest.mark.parametrize("hang,restarts,requeued", [(True, "0", True), (True, "2", False), (False, "0", False)])
+def test_a_hang_requeues_the_job_a_bounded_number_of_times(tmp_path, hang, restarts, requeued):
+    """train.watchdog's HANG flag after a failed launch requeues the job (resume from the last
+    checkpoint), at most QWENPT_HANG_REQUEUES (2) times; a failure without a hang is not requeued."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # the launch: a run whose watchdog fired (HANG written during this job), exit 1 as torchrun reports it
+    flag = 'touch "$QWENPT_RUNS/run/HANG"\n' if hang else ""
+    (bin_dir / "srun").write_text(f'#!/bin/bash\nmkdir -p "$QWENPT_RUNS/run"\n{flag}exit 1\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\nif [ "$1" = show ]; then echo localhost; else echo "$@" >> "$SCONTROL_LOG"; fi\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    (tmp_path / "runs").mkdir()
+    env = _env(PATH=f"{bin_dir}:{os.environ['PATH']}", SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+               SLURM_NNODES="1", SLURM_JOB_ID="78", SLURM_ARRAY_TASK_ID="0", SLURM_JOB_NODELIST="localhost",
+               SLURM_RESTART_COUNT=restarts, GPUS_PER_NODE="1", QWENPT_RUNS=str(tmp_path / "runs"))
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "+experiment=size_tokens_tiny"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    log = tmp_path / "scontrol.log"
+    assert (log.read_text() if log.exists() else "") == ("requeue 78\n" if requeued else "")
+    assert ("training hung (" in proc.stdout) == requeued and ("not requeueing" in proc.stdout) == (hang and not requeued)
+    assert not (tmp_path / "runs" / ".started-78").exists()
