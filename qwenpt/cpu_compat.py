@@ -1,10 +1,10 @@
 """Run megatron-core on a machine without CUDA.
 
-megatron-core 0.16 assumes a GPU throughout: ``torch.cuda.current_device()`` for every
-allocation (~175 call sites), literal ``device="cuda"`` tensors (schedules, DDP buffers,
-optimizer flags), the CUDA RNG tracker, CUDA streams/events/synchronize, NVTX ranges, and a
-``te_general_gemm`` name in ``moe/moe_utils.py`` that is only bound when Transformer Engine
-imports. Rather than patch call sites one by one, this module installs, once:
+megatron-core (tested: 0.16.1 on Python 3.11, 0.19.2 on 3.12) assumes a GPU throughout:
+``torch.cuda.current_device()`` for every allocation (~175 call sites), literal ``device="cuda"``
+tensors (schedules, DDP buffers, optimizer flags), the CUDA RNG tracker, CUDA streams/events/
+synchronize, NVTX ranges, and a ``te_general_gemm`` name in ``moe/moe_utils.py`` that is only bound
+when Transformer Engine imports. Rather than patch call sites one by one, this module installs, once:
 
 1. a ``TorchFunctionMode`` that rewrites any CUDA device in a torch call (factory ``device=``,
    ``Tensor.to(...)``, ``Tensor.cuda()``) to the CPU — the mechanism ``torch.set_default_device``

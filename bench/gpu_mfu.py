@@ -1,0 +1,319 @@
+"""train.py against Megatron-LM's own pretrain_gpt.py on GPUs: tokens/s/GPU, TFLOP/s/GPU, MFU, peak memory.
+
+    python bench/gpu_mfu.py --megatron-lm /path/to/Megatron-LM [--model qwen2.5_1.5b] [--seq 4096]
+        [--micro-batch 2] [--global-batch 16] [--gpus 1] [--fp8 hybrid] [--steps 30] [--warmup 10] [--repeats 2]
+
+Both sides train the same model (every architecture number from conf/model/, passed to pretrain_gpt.py as
+its flags), sequence length, micro and global batch, layout, precision (bf16, optionally TE's FP8) and
+fusions (TE layer spec, fused RoPE, bias-SwiGLU fusion, gradient-accumulation fusion when TE is there),
+with the distributed optimizer and recomputation off. Runs alternate (qwenpt, Megatron-LM, qwenpt, ...),
+each in its own torchrun launch; a run's throughput is the median step time after ``--warmup`` steps, and the
+report is the median over ``--repeats``. The FLOPs of both come from one formula, ``qwenpt.flops``, so
+TFLOP/s and MFU differ only by measured time. qwenpt reads the bundled sample; Megatron-LM its mock data
+(random tokens: a dense model's work does not depend on token values). Peak memory is
+``torch.cuda.max_memory_allocated`` (qwenpt) and the "max allocated" Megatron-LM reports after its first
+step, against the layout planner's estimate. pretrain_gpt.py (with the tree's gpt_builders.py and
+model_provider.py) runs on the installed megatron-core, whose wheel ships megatron.training, so both sides
+use one megatron-core; the tree's own megatron/ only where the installed package lacks it. Results go to bench/results/gpu_mfu.json, one entry per
+model/precision/micro-batch, so several invocations build one table. Without ``--megatron-lm`` only the
+qwenpt side runs (and the ratio is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GiB = 1024**3
+
+
+def compose_cfg(args: argparse.Namespace, run_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from qwenpt.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=qwenpt_overrides(args, run_dir))
+
+
+def qwenpt_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    te = args.te
+    return [
+        f"model={args.model}", f"data.seq_length={args.seq}", f"train.micro_batch_size={args.micro_batch}",
+        f"train.global_batch_size={args.global_batch}", f"train.steps={args.steps}", "train.precision=bf16",
+        f"train.fp8={args.fp8 or 'null'}", f"train.fp8_recipe={args.fp8_recipe}", "optim.warmup_steps=0",
+        f"train.eval_interval={args.steps}", "train.eval_steps=1", f"checkpoint.save_interval={10 * args.steps}",
+        "checkpoint.resume=false", "checkpoint.keep_last=1", f"train.run_dir={run_dir}",
+        f"data.cache_dir={run_dir.parent / 'cache'}", "logging.wandb.mode=disabled", "logging.progress=false",
+        f"logging.log_interval={args.steps}", f"parallel.tensor_model_parallel_size={args.tp}",
+        f"parallel.sequence_parallel={str(args.tp > 1).lower()}", f"parallel.gradient_accumulation_fusion={str(te).lower()}",
+    ]
+
+
+def megatron_args(args: argparse.Namespace, m: Any) -> list[str]:
+    """pretrain_gpt.py flags for the same model and run (dense Qwen; MoE is refused up front)."""
+    from qwenpt.models.size import head_dim
+
+    flags = [
+        "--num-layers", m.num_layers, "--hidden-size", m.hidden_size, "--ffn-hidden-size", m.ffn_hidden_size,
+        "--num-attention-heads", m.num_attention_heads, "--group-query-attention", "--num-query-groups",
+        m.num_query_groups, "--kv-channels", head_dim(m), "--max-position-embeddings", m.max_position_embeddings,
+        "--position-embedding-type", "rope", "--rotary-base", int(m.rope_theta), "--rotary-percent", "1.0",
+        "--normalization", "RMSNorm", "--norm-epsilon", m.norm_eps, "--swiglu", "--disable-bias-linear",
+        "--init-method-std", m.init_std, "--attention-dropout", "0", "--hidden-dropout", "0",
+        # the exact vocabulary (NullTokenizer adds one EOD id), no padding at any TP
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", m.vocab_size - 1, "--make-vocab-size-divisible-by", 1,
+        "--mock-data", "--seq-length", args.seq, "--micro-batch-size", args.micro_batch,
+        "--global-batch-size", args.global_batch, "--train-iters", args.steps,
+        "--optimizer", "adam", "--lr", "3e-4", "--min-lr", "3e-5", "--lr-decay-style", "cosine", "--weight-decay", "0.1",
+        "--adam-beta1", "0.9", "--adam-beta2", "0.95", "--clip-grad", "1.0", "--bf16", "--calculate-per-token-loss",
+        "--tensor-model-parallel-size", args.tp, "--pipeline-model-parallel-size", 1, "--seed", 1234,
+        "--eval-iters", 0, "--eval-interval", 10 * args.steps, "--log-interval", 1, "--log-throughput",
+        "--transformer-impl", "transformer_engine" if args.te else "local",
+    ]
+    if args.tp > 1:
+        flags.append("--sequence-parallel")
+    if m.qkv_bias:
+        flags.append("--add-qkv-bias")
+    if getattr(m, "qk_layernorm", False):
+        flags.append("--qk-layernorm")
+    if not m.tie_embeddings:
+        flags.append("--untie-embeddings-and-output-weights")
+    if args.fp8:
+        flags += ["--fp8-format", args.fp8, "--fp8-recipe", args.fp8_recipe]
+    if not args.te:  # both fusions are TE kernels
+        flags += ["--no-gradient-accumulation-fusion", "--no-rope-fusion"]
+    return [str(f) for f in flags]
+
+
+def torchrun(gpus: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+
+
+def steady(step_times_s: list[float], warmup: int) -> float:
+    """Median step time after the warmup steps."""
+    timed = step_times_s[warmup:]
+    if not timed:
+        raise SystemExit(f"only {len(step_times_s)} steps ran; need more than --warmup {warmup}")
+    return statistics.median(timed)
+
+
+def run_qwenpt(args: argparse.Namespace, work: Path, i: int) -> dict:
+    out = work / f"qwenpt_{i}.json"
+    cmd = [*torchrun(args.gpus), str(Path(__file__).resolve()), "--worker", str(out),
+           *sys.argv[1:]]  # the worker re-parses the same flags
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (work / f"qwenpt_{i}.log").write_text(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"qwenpt run failed (log {work / f'qwenpt_{i}.log'}):\n{proc.stdout[-4000:]}")
+    result = json.loads(out.read_text())
+    head = [ln.split(" - ")[-1] for ln in proc.stdout.splitlines() if re.search(r"\] - (model|world) ", ln)]
+    return {"step_s": steady(result["step_times_s"], args.warmup), "max_allocated_gib": result["max_allocated_gib"],
+            "log_head": head}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One qwenpt training run under torchrun: train.py's Trainer (its fit loop: data loader, schedule, metrics,
+    logging), then the step times it logged and the peak memory."""
+    import logging
+
+    import torch
+
+    from qwenpt.metrics import read_metrics
+    from qwenpt.training import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stdout)
+    run_dir = Path(args.worker).with_suffix("")
+    trainer = Trainer(compose_cfg(args, run_dir))
+    trainer._log_eval = lambda *a, **k: None  # evaluation and checkpoint saves off: the train steps are measured
+    trainer.save = lambda: None
+    trainer.fit()
+    trainer.close()
+    rank = int(os.environ.get("RANK", "0"))
+    peak = torch.cuda.max_memory_allocated() / GiB
+    peaks = [None] * int(os.environ.get("WORLD_SIZE", "1"))
+    torch.distributed.all_gather_object(peaks, peak)
+    if rank == 0:
+        train = read_metrics(run_dir, "train")
+        Path(args.worker).write_text(json.dumps({"step_times_s": [r["step_time_s"] for r in train],
+                                                 "max_allocated_gib": max(peaks)}))
+
+
+_ITER = re.compile(r"elapsed time per iteration \(ms\): ([0-9.]+)")
+_MEM = re.compile(r"max allocated: ([0-9.]+)")
+
+
+def megatron_entry(tree: Path, work: Path) -> tuple[Path, dict, str]:
+    """pretrain_gpt.py and the two modules it imports, run against the installed megatron-core, whose wheel
+    ships megatron.training (0.19+), so that both sides use one megatron-core; the tree's own megatron/
+    package only where the installed one lacks megatron.training."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("megatron.training") is None:
+        path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+        return tree / "pretrain_gpt.py", {"PYTHONPATH": path}, "tree"
+    entry = work / "megatron_lm_entry"
+    entry.mkdir(exist_ok=True)
+    for name in ("pretrain_gpt.py", "gpt_builders.py", "model_provider.py"):
+        shutil.copy(tree / name, entry / name)
+    return entry / "pretrain_gpt.py", {}, "installed"
+
+
+def run_megatron(args: argparse.Namespace, m: Any, work: Path, i: int) -> dict:
+    script, extra_env, _ = megatron_entry(Path(args.megatron_lm).resolve(), work)
+    cmd = [*torchrun(args.gpus), str(script), *megatron_args(args, m)]
+    env = dict(os.environ, CUDA_DEVICE_MAX_CONNECTIONS="1", **extra_env)
+    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    (work / f"megatron_{i}.log").write_text(proc.stdout)
+    times = [float(t) / 1000 for t in _ITER.findall(proc.stdout)]
+    if proc.returncode != 0 or not times:
+        raise SystemExit(f"pretrain_gpt.py failed (log {work / f'megatron_{i}.log'}):\n{proc.stdout[-4000:]}")
+    mem = [float(x) / 1024 for x in _MEM.findall(proc.stdout)]
+    return {"step_s": steady(times, args.warmup), "max_allocated_gib": max(mem) if mem else None}
+
+
+def megatron_tree_version(tree: Path) -> Optional[str]:
+    info = tree / "megatron" / "core" / "package_info.py"
+    if not info.is_file():
+        return None
+    text = info.read_text()
+    parts = [re.search(rf"^{k} = ['\"]?([^'\"\n]*)", text, re.M) for k in ("MAJOR", "MINOR", "PATCH", "PRE_RELEASE")]
+    if not all(parts[:3]):
+        return None
+    return ".".join(m.group(1) for m in parts[:3]) + (parts[3].group(1) if parts[3] else "")
+
+
+def summarize(step_s: float, tokens_per_step: int, gpus: int, flops_per_token: float, peak_tflops: Optional[float]) -> dict:
+    tps = tokens_per_step / step_s / gpus
+    tflops = tps * flops_per_token / 1e12
+    return {"step_s": round(step_s, 4), "tokens_per_s_per_gpu": round(tps, 1), "tflops_per_gpu": round(tflops, 1),
+            "mfu": round(tflops / peak_tflops, 4) if peak_tflops else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--megatron-lm", help="a Megatron-LM source tree (pretrain_gpt.py) at the installed megatron-core's version")
+    ap.add_argument("--model", default="qwen2.5_1.5b")
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--micro-batch", type=int, default=2)
+    ap.add_argument("--global-batch", type=int, default=16)
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--fp8", choices=["hybrid", "e4m3"], default=None)
+    ap.add_argument("--fp8-recipe", default="delayed")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_mfu.json"))
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    import torch
+
+    from qwenpt.models.builder import use_transformer_engine
+
+    args.te = use_transformer_engine()
+    if args.worker:
+        return worker(args)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/gpu_mfu.py measures GPUs and this machine has none; bench/train_throughput.py runs on CPU")
+
+    import megatron.core
+
+    from qwenpt.flops import peak_tflops, training_flops_per_token
+    from qwenpt.plan.planner import Gpu, make_plan
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="qwenpt-gpu-mfu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = compose_cfg(args, work / "plan")
+    m = cfg.model
+    if m.num_experts is not None:
+        raise SystemExit(f"model={args.model} is an MoE model; this benchmark compares dense models")
+    gpu_name = torch.cuda.get_device_name()
+    peak = peak_tflops()
+    known = next((k for k in ("H200", "H100", "H800", "A100", "A800", "L40S") if k in gpu_name), None)
+    planned = make_plan(cfg, args.gpus, Gpu.named(known)).summary()["peak_gib"] if known else None
+    flops_per_token = training_flops_per_token(m, args.seq)
+    tokens_per_step = args.global_batch * args.seq
+    tree_version = megatron_tree_version(Path(args.megatron_lm)) if args.megatron_lm else None
+    core_used = megatron_entry(Path(args.megatron_lm).resolve(), work)[2] if args.megatron_lm else None
+    if core_used == "tree" and tree_version != megatron.core.__version__:
+        print(f"warning: pretrain_gpt.py runs on the tree's megatron-core {tree_version}, qwenpt on the installed "
+              f"{megatron.core.__version__}", file=sys.stderr)
+
+    runs: dict[str, list[dict]] = {"qwenpt": [], "megatron_lm": []}
+    for i in range(args.repeats):  # alternating, so drift (clocks, thermals) hits both alike
+        runs["qwenpt"].append(run_qwenpt(args, work, i))
+        print(f"repeat {i}: qwenpt {runs['qwenpt'][-1]['step_s'] * 1e3:.1f} ms/step", flush=True)
+        if args.megatron_lm:
+            runs["megatron_lm"].append(run_megatron(args, m, work, i))
+            print(f"repeat {i}: Megatron-LM {runs['megatron_lm'][-1]['step_s'] * 1e3:.1f} ms/step", flush=True)
+
+    result: dict[str, Any] = {}
+    for side, rs in runs.items():
+        if rs:
+            result[side] = summarize(statistics.median(r["step_s"] for r in rs), tokens_per_step, args.gpus,
+                                     flops_per_token, peak)
+            result[side]["max_allocated_gib"] = max((r["max_allocated_gib"] or 0) for r in rs) or None
+            result[side]["repeats_step_s"] = [round(r["step_s"], 4) for r in rs]
+    ratio = (result["qwenpt"]["tokens_per_s_per_gpu"] / result["megatron_lm"]["tokens_per_s_per_gpu"]
+             if "megatron_lm" in result else None)
+    key = f"{args.model}/{'fp8-' + args.fp8 if args.fp8 else 'bf16'}/seq{args.seq}/mbs{args.micro_batch}/gpus{args.gpus}"
+    entry = {
+        "model": args.model, "precision": f"bf16 + fp8 {args.fp8} ({args.fp8_recipe})" if args.fp8 else "bf16",
+        "seq_length": args.seq, "micro_batch": args.micro_batch, "global_batch": args.global_batch, "gpus": args.gpus,
+        "tp": args.tp, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "attention": "Transformer Engine" if args.te else "SDPA (qwenpt) / local (Megatron-LM)",
+        "flops_per_token": flops_per_token, "peak_tflops": peak, "planner_peak_gib": planned,
+        **result, "ratio": round(ratio, 3) if ratio else None,
+        "env": {"gpu": gpu_name, "python": platform.python_version(), "torch": torch.__version__,
+                "cuda": torch.version.cuda, "megatron_core": megatron.core.__version__,
+                "megatron_lm_tree": tree_version, "pretrain_gpt_megatron_core": core_used,
+                "transformer_engine": _te_version()},
+        "qwenpt_log": runs["qwenpt"][0]["log_head"],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = json.loads(out.read_text()) if out.is_file() else {}
+    table[key] = entry
+    out.write_text(json.dumps(table, indent=2) + "\n")
+
+    print(f"\n{key} on {args.gpus} x {gpu_name} ({entry['attention']}); planner estimate {planned} GiB")
+    print(f"{'':14}{'tokens/s/GPU':>14}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}")
+    for side in ("qwenpt", "megatron_lm"):
+        if side in result:
+            r = result[side]
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+            mem = f"{r['max_allocated_gib']:.1f}" if r["max_allocated_gib"] else "-"
+            print(f"{side:14}{r['tokens_per_s_per_gpu']:>14,.0f}{r['tflops_per_gpu']:>13.1f}{mfu:>8}{mem:>10}")
+    if ratio:
+        print(f"ratio qwenpt / Megatron-LM: {ratio:.3f}")
+    print(f"wrote {out} [{key}]")
+
+
+def _te_version() -> Optional[str]:
+    try:
+        import transformer_engine
+
+        return transformer_engine.__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
