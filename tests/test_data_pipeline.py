@@ -365,9 +365,10 @@ def test_train_tokenizer_cli_builds_a_qwen2_style_bpe(tmp_path):
     assert tok.decode(tok.encode(text)) == text
 
 
-def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path):
-    """--clean-workers moves normalising and language detection to processes; outputs, counts and
-    the rejects log must not change."""
+def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path, monkeypatch):
+    """--clean-workers moves normalising and language detection to processes, and reading in a
+    thread (where fork is not used) replaces the reader process; outputs, counts and the rejects log
+    must not change."""
     src = tmp_path / "src"
     src.mkdir()
     docs = [{"text": d["text"]} for lang in ("en", "de", "ja") for d in corpus_docs(lang, 6)]
@@ -377,8 +378,10 @@ def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path):
     clean = CleanConfig(dedup=True, min_chars=10)
     run_prepare(tmp_path / "serial", src, clean=clean, batch_docs=4)
     run_prepare(tmp_path / "pool", src, clean=clean, batch_docs=4, clean_workers=2)
+    monkeypatch.setattr("data_pipeline.prepare.FORKED_READER", False)
+    run_prepare(tmp_path / "thread", src, clean=clean, batch_docs=4)
     serial, pool = _tree(tmp_path / "serial"), _tree(tmp_path / "pool")
-    assert serial == pool
+    assert serial == pool == _tree(tmp_path / "thread")
     m = Manifest.read(tmp_path / "pool" / "manifest.parquet")
     assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2}
     assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "ja": 6}
@@ -392,6 +395,22 @@ def test_jsonl_with_a_byte_order_mark_keeps_its_first_record(tmp_path, tokenizer
     assert m.drops_by_reason() == {} and m.groups()["es"]["documents"] == 3
     ds = IndexedDataset(str(tmp_path / "out" / "es"))
     assert ds[0].tolist() == tokenizer.encode(unicodedata.normalize("NFC", docs[0]["text"])) + [tokenizer.eod]
+
+
+def test_reader_process_errors_reach_the_caller_and_no_process_is_left(tmp_path):
+    """Files are read and cleaned in a forked process: an error there is raised here, naming the
+    file, after the good file before it was finished; no reader process outlives the run."""
+    import multiprocessing
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_jsonl(src / "a.jsonl", corpus_docs("it", 3))
+    pq.write_table(pa.table({"body": ["no text column"]}), src / "b.parquet")
+    with pytest.raises(ValueError, match=r"b\.parquet: no column 'text'"):
+        run_prepare(tmp_path / "out", src)
+    assert multiprocessing.active_children() == []
+    shards = list((tmp_path / "out" / "shards").iterdir())
+    assert [(p.name.split("-")[0], (p / "stats.json").is_file()) for p in sorted(shards)] == [("a", True), ("b", False)]
 
 
 def test_second_run_on_the_same_output_fails_naming_folder_and_pid(tmp_path):

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import ROOT, hf_model, model_config
-from packing_worker import packed_and_alone
+from packing_worker import alone, batch, packed_and_alone
 from qwenpt.config import ConfigError, ParallelConfig, RopeScalingConfig, register, validate
 
 # trained at 32 positions, run at 96: YaRN's interpolated frequencies and attention factor both matter
@@ -210,42 +211,132 @@ def test_packed_documents_give_the_losses_and_gradients_of_each_document_alone(p
     assert (crossing - alone).abs().max().item() > 1e-3
 
 
+class _Group:
+    """A context-parallel group as pack() sees it (its size and this rank)."""
+
+    def __init__(self, size: int, rank: int) -> None:
+        self.size, self.rank = (lambda: size), (lambda: rank)
+
+
+def test_context_parallel_split_is_per_document_and_load_balanced():
+    """Under CP each document is padded to a multiple of 2 x CP and cut into 2 x CP chunks, rank r keeping
+    chunks r and 2 x CP - 1 - r (Transformer Engine's THD partitioning): together the ranks hold every token
+    once, padding carries no loss, and positions restart per document."""
+    from qwenpt.packing import pack
+
+    whole = batch()  # documents of 10, 24, 30 | 40, 24 tokens
+    whole["index"] = torch.arange(128).view(2, 64)
+    parts = [pack(dict(whole), _Group(2, r)) for r in range(2)]
+    params = parts[0][1]
+    assert params.cu_seqlens_q.tolist() == [0, 10, 34, 64, 104, 128]
+    assert params.cu_seqlens_q_padded.tolist() == [0, 12, 36, 68, 108, 132] and params.max_seqlen_q == 40
+    (r0, _), (r1, _) = parts
+    assert r0["tokens"].shape == r1["tokens"].shape == (1, 66)
+    # the first document (10 tokens + 2 padding, chunks of 3): rank 0 holds chunks 0 and 3, rank 1 chunks 1 and 2
+    assert r0["index"][0, :6].tolist() == [0, 1, 2, 9, 0, 0] and r1["index"][0, :6].tolist() == [3, 4, 5, 6, 7, 8]
+    assert r0["position_ids"][0, :6].tolist() == [0, 1, 2, 9, 10, 11]
+    real = torch.cat([(p["loss_mask"][0] > 0) | (p["tokens"][0] == 0) for p, _ in parts])  # EODs are token 0
+    index = torch.cat([p["index"][0] for p, _ in parts])
+    assert sorted(index[real].tolist()) == list(range(128))  # every token exactly once
+    mask = torch.cat([p["loss_mask"][0] for p, _ in parts])
+    assert mask.sum() == whole["loss_mask"].sum() and mask[~real].sum() == 0
+    # sequence parallelism over 3 ranks: the last document takes the padding to a multiple of 2 x 2 x 3
+    assert pack(dict(whole), _Group(2, 0), 3)[1].cu_seqlens_q_padded.tolist() == [0, 12, 36, 68, 108, 132]
+    assert pack(dict(whole), _Group(4, 1), 3)[1].cu_seqlens_q_padded.tolist() == [0, 16, 40, 72, 112, 144]
+    assert pack(dict(whole), _Group(4, 1), 5)[1].cu_seqlens_q_padded.tolist()[-1] == 160
+
+
 def test_document_mask_validation():
     for overrides, message in [
-        (["data.document_mask=true", "parallel.context_parallel_size=2"],
-         "data.document_mask with parallel.context_parallel_size 2 is not supported yet"),
-        (["data.document_mask=true", "parallel.pipeline_model_parallel_size=2"],
-         "data.document_mask with parallel.pipeline_model_parallel_size 2 is not supported yet"),
-        (["data.reset_position_ids=true"], "data.reset_position_ids=True with data.document_mask=False is not supported"),
+        (["model=tiny_moe", "parallel.context_parallel_size=2", "parallel.expert_model_parallel_size=2"],
+         "data.document_mask with parallel.context_parallel_size 2 and expert_model_parallel_size 2 needs "
+         "parallel.moe_token_dispatcher_type=alltoall"),
+        (["data.document_mask=false", "data.reset_position_ids=true"],
+         "data.reset_position_ids=True with data.document_mask=False is not supported"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            validate(_compose(*overrides), world_size=2, check_files=False)
-    validate(_compose("data.document_mask=true", "data.reset_position_ids=true"), check_files=False)
+            validate(_compose(*overrides), world_size=4 if "model=tiny_moe" in overrides else 1, check_files=False)
+    cfg = _compose()
+    assert cfg.data.document_mask is True  # on by default for new runs
+    for layout in ("parallel.context_parallel_size=2", "parallel.pipeline_model_parallel_size=2"):
+        validate(_compose(layout), world_size=2, check_files=False)
+    validate(_compose("model=tiny_moe", "parallel.context_parallel_size=2", "parallel.expert_model_parallel_size=2",
+                      "parallel.moe_token_dispatcher_type=alltoall"), world_size=4, check_files=False)
+    validate(_compose("data.reset_position_ids=true"), check_files=False)
 
 
-@pytest.mark.slow
-def test_packed_documents_equal_each_document_alone_under_tp2_sp():
+def test_a_resumed_run_keeps_its_checkpoints_document_masking():
+    """New runs mask documents; a run resumed from a checkpoint saved before the option existed (or with it
+    off) keeps training without, and says so."""
+    from qwenpt.training.resume import _kept
+
+    now = OmegaConf.to_container(_compose(), resolve=True)
+    old = OmegaConf.to_container(_compose(), resolve=True)
+    del old["data"]["document_mask"]
+    kept, notes = _kept(old, now, "step_00000010")
+    assert kept == {"data.document_mask": False}
+    assert notes == ["data.document_mask: step_00000010 was trained with False, and the resumed run keeps it (the "
+                     "config says True; start a new run with checkpoint.init_from to change it)"]
+    assert _kept(now, now, "step_00000010") == ({"data.document_mask": True}, [])
+
+
+def _packing_worker(*args: str) -> str:
     import os
     import subprocess
     import sys
 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "packing_worker.py"), "2", "1"],
+         str(ROOT / "tests" / "packing_worker.py"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=ROOT,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PACKING "))[8:])
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_packed_documents_equal_each_document_alone_under_tp2_sp():
+    out = _packing_worker("2", "1", "1")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("PACKING "))[8:])
     assert result["documents"] == 5
     assert result["loss_diff"] <= 1e-5 and result["grad_diff"] <= 1e-5  # measured: 0 and 2.9e-6 (grads up to 7.6)
 
 
 @pytest.mark.slow
-def test_training_with_document_mask_is_the_same_at_tp2_sp(tmp_path):
-    """train.py's loop with data.document_mask: one process and TP 2 + SP train the same model (per-step
-    losses, rel 1e-5), and the masking changes the losses against the same run without it."""
-    from test_parallel import LAYOUT_COMMON, TP2_SP, _launch
+def test_packed_documents_equal_each_document_alone_under_cp2(tmp_path, megatron_world):
+    """The packed micro-batch under CP 2 (each document padded to a multiple of 4 and split over the ranks,
+    K/V gathered per layer) gives, in sample order, the per-token losses of each document run alone in one
+    process on the same weights, and the same gradients once summed over CP."""
+    from qwenpt.models import build_model
+    from qwenpt.packing import pack
+
+    _packing_worker("1", "0", "2", str(tmp_path / "cp2.pt"))
+    got = torch.load(tmp_path / "cp2.pt", weights_only=False)
+    assert got["cu_seqlens_q_padded"].tolist() == [0, 12, 36, 68, 108, 132] and got["local_tokens"] == 66
+    model = build_model(model_config("tiny"), ParallelConfig())[0]
+    model.load_state_dict(got["state"])
+    flat, params = pack(batch())
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return out
+
+    losses, expected = alone(model, flat, params.cu_seqlens_q.tolist(), grads)
+    assert not got["losses"].isnan().any()  # every token's loss came back from one of the ranks
+    assert (got["losses"] - losses).abs().max().item() <= 1e-5  # measured: 9.5e-7
+    for name, g in expected.items():  # measured: 5.7e-6 at most (gradients up to 10.7)
+        assert (got["grads"][name] - g).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.slow
+def test_training_with_document_mask_is_the_same_in_every_layout(tmp_path):
+    """train.py's loop with document masking (the default): one process, TP 2 + SP, CP 2 (documents split per
+    rank) and PP 2 x 2 virtual stages (every stage reads the micro-batch for its boundaries; middle chunks
+    included) train the same model (per-step losses, rel 1e-5), and the masking changes the losses against
+    the same run without it."""
+    from test_parallel import LAYOUT_COMMON, TP2_SP, VPP2, _launch
 
     from qwenpt.metrics import read_metrics
 
@@ -253,13 +344,19 @@ def test_training_with_document_mask_is_the_same_at_tp2_sp(tmp_path):
     seed = tmp_path / "seed" / "checkpoints" / "seed"
     start = [*common, f"checkpoint.init_from={seed}"]
     _launch(tmp_path, 1, {"seed": [*common, "checkpoint.create_seed=true"],
-                          "single": [*start, "data.document_mask=true"], "crossing": start})
-    logs = _launch(tmp_path, 2, {"tp2_sp": [*start, *TP2_SP, "data.document_mask=true"]})
-    assert "tp 2 (sp) x pp 1 x cp 1 x dp 1" in logs["tp2_sp"]
-    ref, got, crossing = (read_metrics(tmp_path / name) for name in ("single", "tp2_sp", "crossing"))
-    assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in ref] and len(ref) == 5
-    for x, y in zip(ref, got):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (x, y)
+                          "single": start, "crossing": [*start, "data.document_mask=false"]})
+    layouts = {"tp2_sp": (TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
+               "cp2": (["parallel.context_parallel_size=2"], "tp 1 x pp 1 x cp 2 x dp 1"),
+               "pp2_vpp2": (VPP2, "tp 1 x pp 2 (x2 virtual) x cp 1 x dp 1")}
+    logs = _launch(tmp_path, 2, {name: [*start, *o] for name, (o, _) in layouts.items()})
+    ref, crossing = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "crossing")
+    assert len(ref) == 5
+    for name, (_, described) in layouts.items():
+        assert described in logs[name]
+        got = read_metrics(tmp_path / name)
+        assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in ref]
+        for x, y in zip(ref, got):
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (name, x, y)
     # an untrained model's loss hardly depends on context; from step 2 on, attending across documents shows
     # (measured: 0.009, 0.005 and 0.0025 apart)
     assert all(abs(x["loss"] - y["loss"]) > 1e-3 for x, y in zip(ref[2:], crossing[2:]))

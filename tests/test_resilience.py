@@ -85,10 +85,10 @@ def test_no_intact_checkpoint_stops_with_a_message(tmp_path):
     (root / "step_00000002" / "common.pt").write_bytes(b"0123456789")
     assert checkpoint.find_resumable(root) == (root / "step_00000002", problems[:1])
     (root / "step_00000002" / "common.pt").unlink()
-    _, _, error = _decide(compose_cfg(), root)
+    _, _, error, _ = _decide(compose_cfg(), root)
     assert error.startswith(f"checkpoint.resume: no intact checkpoint in {root}: checkpoint ")
     assert error.endswith("Move the damaged ones away to start over (or set checkpoint.resume=false).")
-    assert _decide(compose_cfg(), tmp_path / "empty") == (None, [], None)  # nothing there: start fresh
+    assert _decide(compose_cfg(), tmp_path / "empty") == (None, [], None, {})  # nothing there: start fresh
 
 
 def test_extending_steps_on_resume_follows_the_rule(reference, tmp_path):

@@ -13,7 +13,10 @@ group, and each local query chunk attends causally to every key up to its own po
 Packed sequences (document masking, :mod:`qwenpt.packing`): megatron-core hands over the "THD"
 layout — [tokens, heads, dim] of the whole micro-batch and ``cu_seqlens`` in ``packed_seq_params`` —
 and each document is one causal fused-attention call on its own slice, so no [s, s] mask is ever
-built (measured against a block-diagonal mask in bench/document_mask.py).
+built (measured against a block-diagonal mask in bench/document_mask.py). Under context parallelism
+each rank holds two of the 2 x CP chunks of every (padded) document (``cu_seqlens_q_padded``;
+:func:`qwenpt.packing.pack`): K and V are gathered once per layer, and each document's local chunks
+attend as above, within that document only.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.nn.attention.bias import causal_lower_right
+
+from qwenpt.models import dca
 
 
 class _GatherContextParallel(torch.autograd.Function):
@@ -50,10 +55,9 @@ class _GatherContextParallel(torch.autograd.Function):
         return grad[ctx.group.rank()], None
 
 
-def _full_sequence(local: torch.Tensor, group: Any) -> torch.Tensor:
-    """This rank's two chunks [b, h, 2L, d] -> the whole sequence [b, h, 2 x CP x L, d], in order."""
-    cp = group.size()
-    parts = _GatherContextParallel.apply(local, group)  # [cp, b, h, 2L, d]
+def _in_order(parts: torch.Tensor) -> torch.Tensor:
+    """Every rank's two chunks [cp, b, h, 2L, d] -> the whole sequence [b, h, 2 x CP x L, d], in order."""
+    cp = parts.shape[0]
     halves = parts.unflatten(3, (2, -1))  # [cp, b, h, 2, L, d]
     chunks = [halves[c, :, :, 0] if c < cp else halves[2 * cp - 1 - c, :, :, 1] for c in range(2 * cp)]
     return torch.cat(chunks, dim=2)
@@ -78,6 +82,7 @@ class SDPAttention(MegatronModule):
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.dual_chunk: Optional[dca.DualChunk] = None  # evaluation-time DCA (model.dual_chunk_attention)
 
     def forward(
         self,
@@ -98,18 +103,26 @@ class SDPAttention(MegatronModule):
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         gqa = k.shape[1] != heads
+        if self.dual_chunk is not None and not self.training:
+            if self.cp_group is not None:
+                raise ValueError("model.dual_chunk_attention evaluates in one context-parallel rank; set context_parallel_size=1")
+            out = dca.attention(q, k, v, self.dual_chunk, self.softmax_scale)
+            return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
         with self._rng(dropout):
             if self.cp_group is None:
                 out = F.scaled_dot_product_attention(
                     q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale, enable_gqa=gqa
                 )
             else:
-                out = self._context_parallel(q, k, v, dropout, gqa)
+                out = self._context_parallel(q, self._gather(k), self._gather(v), dropout, gqa)
         # [b, h, s, d] -> [s, b, h*d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 
     def _rng(self, dropout: float) -> Any:
         return tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else contextlib.nullcontext()
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return _GatherContextParallel.apply(x, self.cp_group)
 
     def _documents(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Any,
                    dropout: float) -> torch.Tensor:
@@ -117,26 +130,31 @@ class SDPAttention(MegatronModule):
         causally to itself only."""
         if packed.qkv_format != "thd":
             raise ValueError(f"packed sequences in the {packed.qkv_format!r} format are not supported; use thd")
-        if self.cp_group is not None:
-            raise ValueError("packed sequences (data.document_mask) with context parallelism need Transformer Engine")
         t, heads, dim = query.shape
         q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, t, d]
-        bounds = packed.cu_seqlens_q.tolist()
         gqa = k.shape[1] != heads
+        cp = 1 if self.cp_group is None else self.cp_group.size()
+        cu = packed.cu_seqlens_q if packed.cu_seqlens_q_padded is None else packed.cu_seqlens_q_padded
+        if cp > 1 and packed.cu_seqlens_q_padded is None:
+            raise ValueError("packed sequences under context parallelism need cu_seqlens_q_padded (qwenpt.packing.pack)")
+        bounds = (cu // cp).tolist()  # this rank's share of each document
         with self._rng(dropout):
-            out = torch.cat([
-                F.scaled_dot_product_attention(
+            if cp > 1:
+                k_parts, v_parts = self._gather(k), self._gather(v)  # [cp, 1, h, t, d]
+                outs = [self._context_parallel(q[:, :, a:b], k_parts[..., a:b, :], v_parts[..., a:b, :], dropout, gqa)
+                        for a, b in zip(bounds[:-1], bounds[1:])]
+            else:
+                outs = [F.scaled_dot_product_attention(
                     q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], dropout_p=dropout, is_causal=True,
                     scale=self.softmax_scale, enable_gqa=gqa,
-                )
-                for a, b in zip(bounds[:-1], bounds[1:])
-            ], dim=2)
-        return out[0].transpose(0, 1).reshape(t, heads * dim)
+                ) for a, b in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(outs, dim=2)[0].transpose(0, 1).reshape(t, heads * dim)
 
-
-    def _context_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, gqa: bool) -> torch.Tensor:
+    def _context_parallel(self, q: torch.Tensor, k_parts: torch.Tensor, v_parts: torch.Tensor, dropout: float,
+                          gqa: bool) -> torch.Tensor:
+        """This rank's two chunks of queries [b, h, 2L, d] against every rank's K/V chunks [cp, b, h, 2L, d]."""
         cp, rank = self.cp_group.size(), self.cp_group.rank()
-        k_all, v_all = _full_sequence(k, self.cp_group), _full_sequence(v, self.cp_group)
+        k_all, v_all = _in_order(k_parts), _in_order(v_parts)
         chunk = q.shape[2] // 2
         outs = []
         for half, c in enumerate((rank, 2 * cp - 1 - rank)):  # the global indices of the local chunks

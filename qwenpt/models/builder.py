@@ -19,7 +19,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
-from qwenpt.models import rope
+from qwenpt.models import dca, rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
 
@@ -214,4 +214,6 @@ def build_model(
                 vp_stage=stage,
             )
         )
+        if dca.enabled(model):  # evaluation-time Dual Chunk Attention with the model's own RoPE frequencies
+            dca.attach(chunks[-1], model)
     return chunks

@@ -14,6 +14,16 @@ settings qwenpt uses:
   times the micro-batches a pipeline stage holds in flight under 1F1B (interleaved: megatron's
   warm-up count). Full recomputation keeps only each layer's input.
 
+Long sequences (32K-128K): every term is linear in the tokens a GPU holds, seq x micro-batch / CP
+(context parallel splits the sequence; sequence parallel splits the norm-side tensors by TP too):
+flash / fused attention (TE, FlashAttention, SDPA) keeps no s x s scores, only its output and a
+per-head fp32 log-sum-exp (4 bytes x heads / TP per token, < 0.1% of a layer, not counted); CP is
+Transformer Engine's ring (p2p) form, which keeps only this rank's K/V for backward (the all-gather
+form, ``cp_comm_type=all_gather``, would also keep the gathered K/V). Selective recomputation
+recomputes the core attention, which with flash attention has nothing else to drop, so it is
+counted as none. The last stage's logits and their fp32 softmax (6 bytes x vocab / TP per token)
+dominate at long lengths: 13.9 GiB for Qwen2-7B at 32K per sequence on TP 2 without CP.
+
 Not counted: the CUDA context, NCCL buffers and allocator fragmentation — the planner keeps a
 headroom for them (``--headroom``, 10% by default).
 """

@@ -109,6 +109,8 @@ def make_plan(cfg: Any, world_size: int, gpu: Gpu, mfu: float = 0.4, headroom: f
             hints.append("parallel.recompute_granularity=full")
         if p.tensor_model_parallel_size > 1 and not p.sequence_parallel:
             hints.append("parallel.sequence_parallel=true")
+        if d.seq_length >= 16384 and peak.activations > 0.25 * peak.total:  # long context: split the sequence
+            hints.append(f"parallel.context_parallel_size={2 * p.context_parallel_size}")
         hints.append("a larger pipeline_model_parallel_size or tensor_model_parallel_size, or more GPUs")
         plan.problems.append(
             f"does not fit: pipeline stage {peak.pp_rank} needs {peak.total / GiB:.1f} GiB per GPU, "

@@ -5,7 +5,9 @@ the resolved Hydra config in ``.hydra/config.yaml``. Each evaluation becomes one
 parameter counts (total, embedding, non-embedding, active; from :mod:`qwenpt.models.size`), tokens
 seen, training FLOPs to that point (exact, :mod:`qwenpt.flops`), the validation loss, the mean
 training loss over the steps since the previous evaluation, the data mixture (``mix_<name>``
-shares) and ``final``: the evaluation at the end of the run's schedule (an unfinished run has none).
+shares), the validation loss per position bucket (``valid_loss_pos0`` ... ``valid_loss_pos7``: per 1/8 of
+the sequence, :mod:`qwenpt.eval_positions`) and ``final``: the evaluation at the end of the run's
+schedule (an unfinished run has none).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def run_rows(run_dir: Path) -> list[dict]:
                 "final": int(r["step"]) == steps,  # the run reached the end of its schedule
                 **{f"mix_{k}": v for k, v in mix.items()},
                 **{f"valid_loss_{k}": float(v) for k, v in (r.get("per_source") or {}).items()},
+                # validation loss per 1/n of the sequence (qwenpt/eval_positions.py): pos0 first, pos{n-1} last
+                **{f"valid_loss_pos{i}": v for i, v in enumerate(r.get("position_loss") or [])},
             }
         )
         pending = []

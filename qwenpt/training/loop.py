@@ -24,7 +24,7 @@ from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_ran
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from qwenpt import checkpoint, distributed, packing
+from qwenpt import checkpoint, distributed, eval_positions, packing
 from qwenpt.config import ConfigError, describe_layout, to_container, validate
 from qwenpt.data import build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader, resolve_blend
 from qwenpt.flops import peak_tflops, training_flops_per_token
@@ -32,6 +32,7 @@ from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
 from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
 from qwenpt.training.optim import build_optimizer, build_scheduler
+from qwenpt.training import extend
 from qwenpt.training.resume import select_checkpoint
 from qwenpt.training.watchdog import Watchdog
 
@@ -112,13 +113,17 @@ def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
     return model
 
 
-def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of token losses and the token count: megatron-core divides by the global count."""
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, positions: Optional[tuple] = None):
+    """Sum of token losses and the token count: megatron-core divides by the global count.
+    ``positions`` (position_ids, buckets, seq_length): also the sums per position bucket (evaluation)."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.float().view(-1)
     loss = torch.sum(losses * mask)
     tokens = mask.sum().to(torch.int)
-    return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+    reported = {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+    if positions is not None:
+        reported[eval_positions.KEY] = eval_positions.bucket_sums(losses.detach(), mask, *positions)
+    return loss, tokens, reported
 
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
@@ -136,34 +141,47 @@ def _this_cp_rank(batch: dict) -> dict:
 
 
 def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module,
-                 document_mask: bool = False):
+                 document_mask: bool = False, position_buckets: Optional[tuple[int, int]] = None):
     if data_iterator is None:  # a middle pipeline stage: activations come from the previous stage
         return model(None, None, None), partial(loss_func, None)
     sample = next(data_iterator)
-    batch = _this_cp_rank({k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS})
+    batch = {k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS}
     packed = None
-    if document_mask:  # one packed sequence of the micro-batch's documents (qwenpt/packing.py)
-        batch, packed = packing.pack(batch)
+    if document_mask:  # one packed sequence of the micro-batch's documents, CP-split per document (qwenpt/packing.py)
+        config = get_attr_wrapped_model(model, "config")
+        batch, packed = packing.pack(batch, parallel_state.get_context_parallel_group(),
+                                     config.tensor_model_parallel_size if config.sequence_parallel else 1)
+    else:
+        batch = _this_cp_rank(batch)
     labels = batch["labels"] if get_attr_wrapped_model(model, "post_process") else None
     output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed)
-    return output, partial(loss_func, batch["loss_mask"])
+    positions = (batch["position_ids"], *position_buckets) if position_buckets else None
+    return output, partial(loss_func, batch["loss_mask"], positions=positions)
+
+
+def _reduce_sums(loss_dicts: list[dict], device: torch.device, key: str = "lm loss", size: int = 2) -> torch.Tensor:
+    """The global sum of the micro-batches' ``key`` tensors, known on every rank (they are computed on
+    the last stage: summed over data + context parallel ranks, then over the pipeline)."""
+    total = torch.zeros(size, dtype=torch.float64, device=device)
+    for d in loss_dicts:
+        total += d[key].to(total)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+    return total
 
 
 def _reduce_loss(loss_dicts: list[dict], device: torch.device) -> tuple[float, int]:
-    """Global mean token loss of a step, known on every rank (it is computed on the last stage)."""
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for d in loss_dicts:
-        total += d["lm loss"].to(total)
-    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+    """Global mean token loss of a step, known on every rank."""
+    total = _reduce_sums(loss_dicts, device)
     return (total[0] / total[1].clamp(min=1)).item(), int(total[1].item())
 
 
-def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int) -> list:
-    """One loader per model chunk that reads data (first or last stage); None for the others."""
+def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int, every_stage: bool = False) -> list:
+    """One loader per model chunk that reads data (first or last stage, or ``every_stage``: with document
+    masking each stage builds the micro-batch's document boundaries itself); None for the others."""
     its = []
     for chunk in model:
-        reads = get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
+        reads = every_stage or get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
         its.append(make_loader(dataset, consumed, mbs, workers) if reads else None)
     return its
 
@@ -210,6 +228,9 @@ class Trainer:
         mcfg.no_sync_func = [c.no_sync for c in self.model] if len(self.model) > 1 else self.model[0].no_sync
         mcfg.grad_scale_func = self.optimizer.scale_loss
         mcfg.finalize_model_grads_func = finalize_model_grads
+        # packed micro-batches travel between pipeline stages as [t, 1, hidden] with t set by the documents'
+        # padding under CP: megatron-core's schedules then send each tensor's shape first
+        mcfg.variable_seq_lengths = bool(d.document_mask) and cfg.parallel.pipeline_model_parallel_size > 1
         self.forward_backward = get_forward_backward_func()
 
         self.step, self.consumed = 0, 0
@@ -219,9 +240,10 @@ class Trainer:
             self.step, self.consumed = progress["step"], progress["consumed_samples"]
             log.info("resumed from %s at step %d (%d samples consumed)", self.resume_from, self.step, self.consumed)
         elif cfg.checkpoint.init_from is not None or cfg.checkpoint.init_from_hf is not None:
+            if cfg.checkpoint.previous_stage is not None:  # run it first (qwenpt/training/extend.py)
+                extend.run_previous_stage(cfg, self.rt.is_main, _TORCHRUN_ENV)
             init = cfg.checkpoint.init_from or self._import_hf(cfg.checkpoint.init_from_hf)
-            source = checkpoint.load_model(init, self.model)
-            self.optimizer.reload_model_params()  # the optimizer's fp32 main copies (bf16 runs) follow
+            source = extend.initialise(cfg, init, self.model, self.optimizer, self.scheduler)
             log.info("initialised weights from %s", source)
 
         self.stop = StopRequest(t.exit_signal, t.stop_file, self.rt.device, self.rt.is_main)
@@ -296,16 +318,20 @@ class Trainer:
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
 
     @torch.no_grad()
-    def evaluate(self, dataset: Any = None) -> float:
+    def evaluate(self, dataset: Any = None, position_buckets: int = 0) -> float:
         """Mean per-token loss over ``train.eval_steps`` global batches of ``dataset`` (default: the
-        blended validation set)."""
+        blended validation set); with ``position_buckets``, also the mean per position bucket
+        (:mod:`qwenpt.eval_positions`) in ``self.position_loss``."""
         for chunk in self.model:
             chunk.eval()
-        its = _iterators(self.model, self.valid_ds if dataset is None else dataset, 0, self.cfg.train.micro_batch_size, 0)
+        its = _iterators(self.model, self.valid_ds if dataset is None else dataset, 0, self.cfg.train.micro_batch_size, 0,
+                         self.cfg.data.document_mask)
+        buckets = (position_buckets, self.cfg.data.seq_length) if position_buckets else None
         total = []
         for _ in range(self.cfg.train.eval_steps):
             total += self.forward_backward(
-                forward_step_func=partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask),
+                forward_step_func=partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask,
+                                          position_buckets=buckets),
                 data_iterator=its if len(its) > 1 else its[0],
                 model=self.model if len(self.model) > 1 else self.model[0],
                 num_microbatches=self.num_micro,
@@ -315,6 +341,9 @@ class Trainer:
             )
         for chunk in self.model:
             chunk.train()
+        if buckets:
+            sums = _reduce_sums(total, self.rt.device, eval_positions.KEY, 2 * position_buckets)
+            self.position_loss = eval_positions.bucket_means(sums)
         return _reduce_loss(total, self.rt.device)[0]
 
     def save(self) -> None:
@@ -356,7 +385,8 @@ class Trainer:
             log.info("already at step %d of %d: training is complete", self.step, t.steps)
             return {"step": self.step}
         tokens_per_step = t.global_batch_size * cfg.data.seq_length
-        iterators = _iterators(self.model, self.train_ds, self.consumed, t.micro_batch_size, cfg.data.num_workers)
+        iterators = _iterators(self.model, self.train_ds, self.consumed, t.micro_batch_size, cfg.data.num_workers,
+                               cfg.data.document_mask)
         bar = tqdm(
             total=t.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not (self.rt.is_main and cfg.logging.progress),
@@ -421,13 +451,20 @@ class Trainer:
 
     def _log_eval(self, bar: Optional[tqdm] = None) -> None:
         with self.watchdog.watch(f"evaluation at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
-            loss = self.evaluate()
+            buckets = self.cfg.train.eval_position_buckets
+            loss = self.evaluate(position_buckets=buckets)
             record = {"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length}
+            if buckets:
+                record["position_loss"] = self.position_loss
             if self.source_valid:
                 record["per_source"] = {name: self.evaluate(ds) for name, ds in self.source_valid.items()}
         self.metrics.log(record)
         if self.rt.is_main:
-            (bar.write if bar else print)(f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}")
+            by_position = record.get("position_loss")
+            (bar.write if bar else print)(
+                f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}"
+                + (" | by position " + " ".join("-" if v is None else f"{v:.2f}" for v in by_position) if by_position else "")
+            )
 
     def close(self, failed: bool = False) -> None:
         """Publish a checkpoint still being written (``failed``: an error that may have left the ranks

@@ -15,7 +15,10 @@ The config: the resumed run's config is compared with the checkpoint's ``run_con
 - data or batch differs (``train.global_batch_size``, ``data.*`` blend, weights, split, sequence
   length, tokenizer, ``train.seed``): allowed with a warning: the data position (consumed
   samples) is kept, but the run no longer sees the data an uninterrupted one would;
-- parallel layout differs: allowed (dist_checkpointing reshards), logged.
+- parallel layout differs: allowed (dist_checkpointing reshards), logged;
+- ``data.document_mask`` (on by default for new runs): a resumed run keeps its checkpoint's setting, off for
+  checkpoints saved before the option existed; a different value in the new config is noted and not applied
+  (start a new run from the weights, ``checkpoint.init_from``, to change it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ SCHEDULE = ("train.steps", "optim.lr", "optim.min_lr", "optim.schedule", "optim.
             "optim.wsd_decay_fraction", "optim.wsd_decay_style", "optim.weight_decay")
 DATA = ("train.global_batch_size", "train.seed", "data.blend", "data.sample_weights", "data.split",
         "data.seq_length", "data.tokenizer")
+# what a resumed run keeps from its checkpoint, and the value for checkpoints saved before the key existed
+KEPT = {"data.document_mask": False}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -67,27 +72,39 @@ def config_changes(saved: dict, now: dict) -> dict[str, list[str]]:
     return kinds
 
 
-def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
-    """(checkpoint path or None, warnings, error): rank 0's decision."""
+def _kept(saved: dict, now: dict, name: str) -> tuple[dict, list[str]]:
+    """The :data:`KEPT` settings of the checkpoint, and a note for each the new config would change."""
+    old, new = _flatten(saved), _flatten(now)
+    kept = {key: old.get(key, default) for key, default in KEPT.items()}
+    notes = [f"{key}: {name} was trained with {value}, and the resumed run keeps it (the config says {new.get(key)}; "
+             "start a new run with checkpoint.init_from to change it)" for key, value in kept.items() if new.get(key) != value]
+    return kept, notes
+
+
+def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], Optional[str], dict]:
+    """(checkpoint path or None, warnings, error, settings kept from the checkpoint): rank 0's decision."""
     path, problems = checkpoint.find_resumable(ckpt_dir)
     if path is None:
         if problems:
             return None, [], (
                 f"checkpoint.resume: no intact checkpoint in {ckpt_dir}: " + "; ".join(problems)
                 + ". Move the damaged ones away to start over (or set checkpoint.resume=false)."
-            )
-        return None, [], None
+            ), {}
+        return None, [], None, {}
     notes = [p + (f"; resuming from {path.name} instead" if "damaged" in p else "") for p in problems]
     saved_file = path / "run_config.yaml"
     if not saved_file.is_file():
-        return str(path), notes, None
+        return str(path), notes, None, {}
     saved = yaml.safe_load(saved_file.read_text())
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    now = OmegaConf.to_container(cfg, resolve=True)
+    changes = config_changes(saved, now)
+    kept, kept_notes = _kept(saved, now, path.name)
+    notes += kept_notes
     if changes["model"]:
         return None, notes, (
             f"checkpoint {path} holds another model ({'; '.join(changes['model'])}); a run resumes only "
             "into its own architecture. Use a new train.run_dir, with checkpoint.init_from to start from its weights."
-        )
+        ), {}
     if changes["schedule"]:
         diff = "; ".join(changes["schedule"])
         if not cfg.checkpoint.override_schedule:
@@ -95,7 +112,7 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
                 f"resuming {path} with a different LR schedule than it was saved with ({diff}). Set "
                 "checkpoint.override_schedule=true to rebuild the schedule from the new config at the checkpoint's "
                 "step, or restore the saved values (its run_config.yaml)."
-            )
+            ), {}
         notes.append(f"LR schedule rebuilt from the new config at the checkpoint's step ({diff}; checkpoint.override_schedule=true)")
     if changes["data"]:
         notes.append(
@@ -104,19 +121,21 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
         )
     if changes["layout"]:
         notes.append(f"parallel layout changed since {path.name} ({'; '.join(changes['layout'])}): resharding on load")
-    return str(path), notes, None
+    return str(path), notes, None, kept
 
 
 def select_checkpoint(cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> Optional[Path]:
     """The checkpoint to resume from (None: start fresh), the same on every rank; raises
-    :class:`ConfigError` when resuming cannot be right."""
+    :class:`ConfigError` when resuming cannot be right. Sets in ``cfg`` the settings the resumed run keeps."""
     if not cfg.checkpoint.resume:
         return None
     decision = [_decide(cfg, ckpt_dir) if is_main else None]
     dist.broadcast_object_list(decision, src=0)
-    path, notes, error = decision[0]
+    path, notes, error, kept = decision[0]
     if error is not None:
         raise ConfigError(error)
+    for key, value in kept.items():
+        OmegaConf.update(cfg, key, value)
     for note in notes if is_main else ():
         log.warning(note)
     return Path(path) if path is not None else None

@@ -1,0 +1,367 @@
+"""Preparation spread over Slurm array tasks, and the merge that makes it one corpus again.
+
+A *staged* run (``--near-dedup``, or ``--num-tasks`` > 1) makes every shard depend on its input file
+alone: exact duplicates are dropped within a file while it is read, and everything that needs all
+files (exact duplicates across files, near-duplicates) is decided at the merge. So:
+
+    prepare --num-tasks N --task-index I   the files i with i % N == I -> their shards; per document,
+                                           OUT/shards/<file>/docs.npz (+ sig.npy with --near-dedup);
+                                           OUT/tasks/plan.json: the run's settings, for merge
+    buckets OUT [--num-tasks/--task-index] near-dedup bands b with b % N == I -> OUT/neardedup/band-*.npy
+    merge OUT                              checks every shard, drops duplicates across files and
+                                           near-duplicates, writes datasets, rejects.jsonl, manifest
+
+A single-machine staged run (``--num-tasks 1``) does the three itself, through the same code, so N
+tasks + merge and one machine write byte-identical outputs whatever N is. A task that dies leaves
+its unfinished shard without ``stats.json``; rerunning that task redoes that file only, and merge
+names the tasks whose files are missing. Each task holds its own lock (``OUT/.lock-task-I``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from data_pipeline import neardedup
+from data_pipeline.clean import content_hash
+from data_pipeline.readers import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    num_tasks: int = 1
+    task_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
+            raise ValueError(f"--task-index {self.task_index} is not in 0..{self.num_tasks - 1} (--num-tasks {self.num_tasks})")
+
+    @classmethod
+    def from_env(cls, num_tasks: int | None = None, task_index: int | None = None,
+                 env: Mapping[str, str] = os.environ) -> "TaskSplit":
+        """Explicit values, else a Slurm job array's (``SLURM_ARRAY_TASK_COUNT``, ``SLURM_ARRAY_TASK_ID``:
+        submit ``--array=0-(N-1)``; to rerun some tasks, ``--array=3,7`` with ``--num-tasks N``), else one task."""
+        if num_tasks is None:
+            num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
+        if task_index is None:
+            task_index = int(env.get("SLURM_ARRAY_TASK_ID", 0))
+        return cls(num_tasks, task_index)
+
+    def mine(self, i: int) -> bool:
+        return i % self.num_tasks == self.task_index
+
+
+def is_staged(config) -> bool:
+    """Whether ``config`` (a PrepareConfig) runs in stages: near-dedup or several tasks."""
+    return config.near_dedup is not None or config.tasks.num_tasks > 1
+
+
+def lock_name(config) -> str:
+    return f".lock-task-{config.tasks.task_index}" if config.tasks.num_tasks > 1 else ".lock"
+
+
+def task_files(files: list[Path], config) -> list[Path]:
+    """The files this task prepares: every one unless several tasks share the run."""
+    return [f for i, f in enumerate(files) if config.tasks.mine(i)] if is_staged(config) else files
+
+
+class ShardDocs:
+    """Per kept document of one shard, in the order written: its (lang, source, group), line, bytes,
+    tokens, content hash and (near-dedup) MinHash signature. Saved beside the shard before its
+    ``stats.json``."""
+
+    def __init__(self, near_dedup: neardedup.NearDedupConfig | None) -> None:
+        self.near_dedup = near_dedup
+        self.keys: dict[tuple[str, str, str], int] = {}
+        self.cols: dict[str, list] = {"key": [], "line": [], "bytes": [], "tokens": [], "hash": []}
+        self.sigs: list[np.ndarray] = []
+        self.file = ""
+
+    def add(self, batch: list[Record], lengths: np.ndarray, groups: list[str]) -> None:
+        for r, n, g in zip(batch, lengths.tolist(), groups):
+            self.cols["key"].append(self.keys.setdefault((r.lang, r.source, g), len(self.keys)))
+            self.cols["line"].append(r.line)
+            self.cols["bytes"].append(r.nbytes)
+            self.cols["tokens"].append(n)
+            self.cols["hash"].append(content_hash(r.text))
+            self.file = r.file
+        if self.near_dedup is not None:
+            self.sigs.append(neardedup.signatures([r.text for r in batch], [r.lang for r in batch], self.near_dedup))
+
+    def save(self, shard_dir: Path) -> None:
+        arrays = {k: np.asarray(v, dtype=np.uint64 if k == "hash" else np.int64) for k, v in self.cols.items()}
+        meta = json.dumps({"file": self.file, "keys": [list(k) for k in self.keys]}, ensure_ascii=False)
+        np.savez(shard_dir / "docs.npz", meta=np.array(meta), **arrays)
+        if self.near_dedup is not None:
+            p = self.near_dedup.num_perm
+            np.save(shard_dir / "sig.npy", np.concatenate(self.sigs) if self.sigs else np.zeros((0, p), np.uint32))
+
+
+def shard_docs(config) -> ShardDocs | None:
+    return ShardDocs(config.near_dedup) if is_staged(config) else None
+
+
+# --- the plan: what merge needs to rebuild the run's config ---------------------------------------
+
+def write_plan(out: Path, config, files: Sequence[Path]) -> None:
+    d = asdict(config)
+    d.pop("tasks")
+    plan = {"config": d, "num_tasks": config.tasks.num_tasks, "cwd": os.getcwd(), "files": [str(f) for f in files]}
+    path = out / "tasks" / "plan.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".plan.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def read_plan(out: Path):
+    """(PrepareConfig, files) of the run prepared into ``out``."""
+    from data_pipeline.clean import CleanConfig
+    from data_pipeline.prepare import PrepareConfig
+    from data_pipeline.quality import QualityConfig, Thresholds
+
+    path = out / "tasks" / "plan.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `python -m data_pipeline prepare ... --output {out} "
+                                "--num-tasks N --task-index I` (or --near-dedup) first")
+    plan = json.loads(path.read_text())
+    c = dict(plan["config"])
+    clean = dict(c["clean"])
+    if clean.get("quality") is not None:
+        q = clean["quality"]
+        t = {k: (tuple(tuple(x) for x in v) if isinstance(v, list) else v) for k, v in q["thresholds"].items()}
+        clean["quality"] = QualityConfig(filters=tuple(q["filters"]), thresholds=Thresholds(**t))
+    clean["languages"] = tuple(clean["languages"])
+    c["clean"] = CleanConfig(**clean)
+    c["inputs"] = tuple(c["inputs"])
+    c["near_dedup"] = neardedup.NearDedupConfig(**c["near_dedup"]) if c.get("near_dedup") else None
+    c["tasks"] = TaskSplit(plan["num_tasks"], 0)
+    cwd = Path(plan["cwd"])
+    files = [Path(f) if Path(f).is_absolute() else cwd / f for f in plan["files"]]
+    return PrepareConfig(**c), files
+
+
+# --- buckets: the near-dedup bands, spread over tasks ----------------------------------------------
+
+def buckets(out: Path, split: TaskSplit, tokenizer=None) -> list[Path]:
+    """The buckets stage for this task's bands (all shards must be done)."""
+    config, files, run = _load_run(out, tokenizer)
+    if config.near_dedup is None:
+        return []
+    shards = _done_shards(out, config, files, run["settings"])
+    bands, _ = config.near_dedup.bands
+    return neardedup.run_buckets(out, [out / rel / "sig.npy" for rel, _ in shards], config.near_dedup,
+                                 run["fingerprint"], [b for b in range(bands) if split.mine(b)])
+
+
+def _load_run(out: Path, tokenizer=None):
+    from data_pipeline.prepare import _run_fingerprint
+    from data_pipeline.tokenizer import TextTokenizer
+
+    config, files = read_plan(out)
+    tokenizer = tokenizer or TextTokenizer(config.tokenizer, engine=config.engine)
+    settings = config.settings_fingerprint(tokenizer)
+    return config, files, {"settings": settings, "fingerprint": _run_fingerprint(files, settings), "tokenizer": tokenizer}
+
+
+def _done_shards(out: Path, config, files: list[Path], settings: str):
+    from data_pipeline.prepare import _load_done, shard_name
+
+    shards, missing = [], []
+    for i, f in enumerate(files):
+        shard_dir = out / "shards" / shard_name(f)
+        result = _load_done(shard_dir, f, settings) if f.exists() else None
+        if result is None or not (shard_dir / "docs.npz").is_file():
+            missing.append(i)
+        shards.append((shard_dir.relative_to(out).as_posix(), result))
+    if missing:
+        n = config.tasks.num_tasks
+        redo = sorted({i % n for i in missing})
+        names = ", ".join(str(files[i]) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise RuntimeError(
+            f"{len(missing)} of {len(files)} input files are not prepared (or their shards are stale): {names}; "
+            f"rerun task(s) {redo} of {n} (prepare ... --num-tasks {n} --task-index I), then merge again"
+        )
+    return shards
+
+
+# --- merge ----------------------------------------------------------------------------------------
+
+def merge(out: Path, tokenizer=None):
+    """Check every shard, resolve duplicates across files and near-duplicates, write the outputs
+    (datasets, rejects.jsonl, manifest.parquet) as a single-machine run does. Idempotent."""
+    from data_pipeline.prepare import output_lock
+
+    out = Path(out)
+    config, files, run = _load_run(out, tokenizer)
+    with output_lock(out):
+        return _merge_locked(out, config, files, run)
+
+
+def _merge_locked(out: Path, config, files: list[Path], run: dict):
+    from data_pipeline.indexed import token_dtype
+    from data_pipeline.prepare import _finished_manifest, _merge_and_write
+
+    done = _finished_manifest(out, run["fingerprint"])
+    if done is not None:
+        log.info("%s is up to date; nothing to merge", out / "manifest.parquet")
+        return done
+    shards = _done_shards(out, config, files, run["settings"])
+    docs = [np.load(out / rel / "docs.npz") for rel, _ in shards]
+    offsets = np.cumsum([0] + [len(d["line"]) for d in docs])
+    n = int(offsets[-1])
+    reason = np.zeros(n, dtype=np.int8)  # 0 kept, 1 duplicate (of another file's document), 2 near_duplicate
+    ref = np.arange(n, dtype=np.int64)  # the kept document a dropped one duplicates
+    if config.clean.dedup and n:
+        _, first, inverse = np.unique(np.concatenate([d["hash"] for d in docs]), return_index=True, return_inverse=True)
+        ref = first[inverse.reshape(-1)]
+        reason[ref != np.arange(n)] = 1
+    if config.near_dedup is not None:
+        bands, _ = config.near_dedup.bands
+        sig_paths = [out / rel / "sig.npy" for rel, _ in shards]
+        neardedup.run_buckets(out, sig_paths, config.near_dedup, run["fingerprint"], range(bands))
+        label = neardedup.cluster_labels(out, n, config.near_dedup, run["fingerprint"])
+        near = (label != np.arange(n)) & (reason == 0)
+        reason[near], ref[near] = 2, label[near]
+    dtype = token_dtype(run["tokenizer"].vocab_size)
+    files_of = [json.loads(str(d["meta"]))["file"] for d in docs]
+    lines = np.concatenate([d["line"] for d in docs]) if docs else np.zeros(0, np.int64)
+    ref_of = [f"{files_of[s]} line {lines[j]}" for s, j in
+              zip((np.searchsorted(offsets, ref, side="right") - 1).tolist(), ref.tolist())] if reason.any() else []
+    results = [_filtered(out, rel, result, d, reason[a:b], ref_of[a:b] if ref_of else [], config, dtype)
+               for (rel, result), d, a, b in zip(shards, docs, offsets[:-1], offsets[1:])]
+    manifest = _merge_and_write(out, results, dtype, run["tokenizer"], run["settings"], run["fingerprint"], config)
+    for stale in (out / "neardedup").glob("band-*.npy"):
+        if not stale.name.endswith(f"-{run['fingerprint']}.npy"):
+            stale.unlink()
+    log.info("merged %d shards: %d duplicates across files, %d near-duplicates dropped", len(shards),
+             int((reason == 1).sum()), int((reason == 2).sum()))
+    return manifest
+
+
+REASONS = {1: "duplicate", 2: "near_duplicate"}
+
+
+def _filtered(out: Path, rel: str, result, d, reason: np.ndarray, ref_of: list[str], config, dtype):
+    """The shard with its dropped documents taken out: datasets under ``<shard>/dedup/`` (hard links
+    where nothing was dropped), stats and rejects log adjusted."""
+    from data_pipeline.indexed import IndexedWriter, read_index
+    from data_pipeline.manifest import group_filename
+    from data_pipeline.prepare import ShardResult
+
+    target = out / rel / "dedup"
+    if target.exists():
+        shutil.rmtree(target)  # an earlier merge's
+    if not reason.any():
+        return rel, result
+    meta = json.loads(str(d["meta"]))
+    keys = [tuple(k) for k in meta["keys"]]
+    key = d["key"]
+    stats = json.loads(json.dumps(result.stats))
+    rows = {(lang, source): s for lang, source, s in stats["rows"]}
+    drops: Counter = Counter({(lang, source, r): n for lang, source, r, n in stats["rejects"]})
+    log_entries = list(result.rejects_log)
+    logged = Counter((e["file"], e["reason"]) for e in log_entries)
+    for i in np.flatnonzero(reason).tolist():
+        lang, source, _ = keys[key[i]]
+        row, why = rows[(lang, source)], REASONS[int(reason[i])]
+        row["documents"] -= 1
+        row["bytes"] -= int(d["bytes"][i])
+        row["tokens"] -= int(d["tokens"][i])
+        drops[(lang, source, why)] += 1
+        if logged[(meta["file"], why)] < config.rejects_log_limit:
+            logged[(meta["file"], why)] += 1
+            what = "same text as" if why == "duplicate" else "near-duplicate of"
+            log_entries.append({"file": meta["file"], "line": int(d["line"][i]), "reason": why, "sample": f"{what} {ref_of[i]}"})
+    log_entries.sort(key=lambda e: (e["line"], e["reason"]))
+    stats["rows"] = [[lang, source, s] for (lang, source), s in sorted(rows.items())]
+    stats["rejects"] = [[lang, source, r, n] for (lang, source, r), n in sorted(drops.items())]
+    target.mkdir(parents=True)
+    group_of = np.array([k[2] for k in keys], dtype=object)[key]
+    groups: dict[str, dict] = {}
+    for g in result.groups:
+        src, dst = out / rel / group_filename(g), target / group_filename(g)
+        keep = reason[group_of == g] == 0
+        _, lengths = read_index(src)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if keep.all():
+            for ext in (".bin", ".idx"):
+                os.link(f"{src}{ext}", f"{dst}{ext}")
+        else:
+            _copy_documents(src, dst, lengths, np.flatnonzero(keep), dtype, IndexedWriter)
+        groups[g] = {"documents": int(keep.sum()), "tokens": int(lengths[keep].sum())}
+    stats["groups"] = groups
+    return f"{rel}/dedup", ShardResult(stats, log_entries, result.hashes)
+
+
+def _copy_documents(src: Path, dst: Path, lengths: np.ndarray, keep: np.ndarray, dtype, writer_cls, chunk: int = 4096) -> None:
+    """The documents ``keep`` of dataset ``src`` into a new dataset ``dst``, a chunk at a time."""
+    bin_ = np.memmap(f"{src}.bin", dtype=dtype, mode="r") if lengths.sum() else np.zeros(0, dtype)
+    ends = np.cumsum(lengths)
+    writer = writer_cls(dst, dtype)
+    try:
+        for c in range(0, len(keep), chunk):
+            part = keep[c : c + chunk].tolist()
+            spans = [np.asarray(bin_[ends[j] - lengths[j] : ends[j]]) for j in part]
+            writer.add_batch(np.concatenate(spans) if spans else np.zeros(0, dtype), lengths[part])
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+
+
+def finish(out: Path, config, files: list[Path], tokenizer, results):
+    """After a staged prepare: one task merges at once; one of several writes the plan and returns
+    the manifest of its own shards (not written), for the summary."""
+    from data_pipeline.manifest import Manifest
+
+    write_plan(out, config, files)
+    if config.tasks.num_tasks == 1:  # this process holds OUT/.lock already
+        settings = config.settings_fingerprint(tokenizer)
+        from data_pipeline.prepare import _run_fingerprint
+
+        run = {"settings": settings, "fingerprint": _run_fingerprint(files, settings), "tokenizer": tokenizer}
+        return _merge_locked(out, config, files, run)
+    log.info("task %d of %d done (%d files); run `python -m data_pipeline merge %s` once every task is",
+             config.tasks.task_index, config.tasks.num_tasks, len(results), out)
+    return Manifest.from_shards([(rel, r.stats) for rel, r in results], group_by=config.group_by,
+                                tokenizer=tokenizer.name or str(tokenizer.path), vocab_size=tokenizer.vocab_size)
+
+
+def print_plan(num_tasks: int, prepare_args: list[str]) -> None:
+    """For slurm/prepare_data.sh: check ``prepare``'s arguments as the CLI would, print the files and MB
+    each task gets, then ``output: OUT`` and ``near_dedup: 0|1`` for the script."""
+    from data_pipeline.__main__ import build_parser
+    from data_pipeline.readers import expand_inputs
+
+    args = build_parser().parse_args(["prepare", *prepare_args])
+    files = expand_inputs(args.inputs)
+    split = TaskSplit(num_tasks, 0)  # validates num_tasks
+    print(f"plan: {len(files)} input files, {sum(f.stat().st_size for f in files) / 1e6:,.1f} MB, {num_tasks} prepare tasks"
+          f"{', near-dedup threshold ' + str(args.near_dedup_threshold) if args.near_dedup else ''}")
+    for t in range(split.num_tasks):
+        mine = [f for i, f in enumerate(files) if i % num_tasks == t]
+        names = ", ".join(f.name for f in mine[:3]) + (f", ... ({len(mine)} files)" if len(mine) > 3 else "")
+        print(f"task {t}: {len(mine)} files, {sum(f.stat().st_size for f in mine) / 1e6:,.1f} MB: {names or '(none)'}")
+    print(f"output: {args.output}")
+    print(f"near_dedup: {int(args.near_dedup)}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        print_plan(int(sys.argv[1]), sys.argv[2:])
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
