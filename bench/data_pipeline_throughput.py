@@ -1,21 +1,25 @@
 """The data pipeline against Megatron-LM's preprocessing and the bare fastest exact tokenizer.
 
-    python bench/data_pipeline_throughput.py [--copies 44] [--corpus FILE_OR_DIR] [--repeats 3]
-        [--megatron-lm PATH [--megatron-python PY]] [--with-hf]
+    python bench/data_pipeline_throughput.py [--copies N] [--corpus FILE_OR_DIR] [--repeats 3]
+        [--megatron-lm PATH [--megatron-python PY]] [--with-hf] [--out NAME]
 
 Corpus: by default the bundled sample (qwenpt/assets/sample, 10 languages, 0.63 MB) repeated
-``--copies`` times (44: 27.6 MB) into one plain JSONL file on a temporary disk; every record has a
-``lang`` field. ``--corpus`` takes your own JSONL (.gz/.zst) file or folder instead. Same tokenizer
-(Qwen2, built offline) and cores for every tool; runs alternate and the median is kept.
+``--copies`` times (default 44: 27.6 MB) into one plain JSONL file on a temporary disk; every
+record has a ``lang`` field. ``--corpus`` takes your own JSONL (.gz/.zst) file or folder instead
+(``--copies`` default 1). Same tokenizer (Qwen2, built offline) and cores for every tool; runs
+alternate and the median is kept. A corpus repeated many times flatters every tokenizer (its
+cache of merged words is warm after the first copy); the README gives both kinds.
 
 - ``bare``: the fastest exact engine (``TextTokenizer('qwen2').encode_flat``) over every text
   already decoded and NFC-normalised in memory, batches of ``--batch`` documents: the floor of any
   pipeline with this tokenizer.
 - ``bare_hf`` (``--with-hf``): HF ``tokenizers`` ``encode_batch_fast`` the same way.
 - ``prepare``: ``python -m data_pipeline prepare`` as a user runs it (read, NFC, control
-  characters, tokenize, write .bin/.idx, merge, manifest); ``prepare_detect``: the same with the
-  language detected (``--lang-field ''``), in the reader process; ``prepare_detect_pool``: detected
-  by a pool of one process per core (``--clean-workers``).
+  characters, tokenize, write .bin/.idx, merge, manifest; cleaning in a thread, as the default
+  chooses for light cleaning); ``prepare_processes``: the same cleaning in one worker process per
+  core (``--workers``); ``prepare_detect``: with the language detected (``--lang-field ''``), which
+  by default cleans in one process per core; ``prepare_detect_thread``: detected in a thread
+  (``--workers 1``).
 - ``megatron_lm`` / ``megatron_lm_fast``: ``tools/preprocess_data.py`` (``--workers`` = cores) and
   ``tools/preprocess_data_fast.py`` (gigatoken) from the Megatron-LM source tree at
   ``--megatron-lm``, with the same tokenizer directory (HuggingFaceTokenizer, ``--use-gigatoken``
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import os
 import platform
@@ -64,14 +67,16 @@ def build_corpus(copies: int, out: Path) -> Path:
     return out
 
 
-def user_corpus(path: Path, out: Path) -> Path:
-    """A user's JSONL file or folder as one plain JSONL file (Megatron-LM reads one uncompressed file)."""
+def user_corpus(path: Path, copies: int, out: Path) -> Path:
+    """A user's JSONL file or folder, ``copies`` times, as one plain JSONL file (Megatron-LM reads
+    one uncompressed file)."""
     from data_pipeline.readers import _open_binary, expand_inputs
 
     with open(out, "wb") as f:
-        for src in expand_inputs([path]):
-            with _open_binary(src) as g:
-                shutil.copyfileobj(g, f)
+        for _ in range(copies):
+            for src in expand_inputs([path]):
+                with _open_binary(src) as g:
+                    shutil.copyfileobj(g, f)
     return out
 
 
@@ -97,7 +102,7 @@ def child_bare(corpus: Path, batch: int, hf: bool) -> dict:
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float, str, int]:
     """(wall seconds, CPU seconds, peak RSS MiB, output, return code) of one process. CPU: user + system
-    of the process and every child it waited for (reader process, worker pools), all threads; peak
+    of the process and every child it waited for (worker processes), all threads; peak
     RSS: of its largest process."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as log:
@@ -123,13 +128,15 @@ def measure(mode: str, args: argparse.Namespace, corpus: Path, tok_dir: Path, wo
     if mode in ("bare", "bare_hf"):
         wall, cpu, rss, log, rc = run([py, __file__, "--child", mode, "--corpus", str(corpus), "--batch", str(args.batch)], ROOT)
         result = json.loads(log.strip().splitlines()[-1]) if rc == 0 else {}
-    elif mode in ("prepare", "prepare_detect", "prepare_detect_pool"):
+    elif mode.startswith("prepare"):
         cmd = [py, "-m", "data_pipeline", "prepare", str(corpus), "-o", str(out), "--tokenizer", "qwen2",
                "--no-progress", "--json", "--batch-docs", str(args.batch)]
-        if mode != "prepare":
+        if mode.startswith("prepare_detect"):
             cmd += ["--lang-field", ""]
-        if mode == "prepare_detect_pool":
-            cmd += ["--clean-workers", str(os.cpu_count())]
+        if mode == "prepare_processes":
+            cmd += ["--workers", str(os.cpu_count())]
+        if mode == "prepare_detect_thread":
+            cmd += ["--workers", "1"]
         wall, cpu, rss, log, rc = run(cmd, ROOT)
         if rc == 0:
             summary = json.loads(log.strip().splitlines()[-1])
@@ -158,7 +165,7 @@ def measure(mode: str, args: argparse.Namespace, corpus: Path, tok_dir: Path, wo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=44, help="repeats of the bundled sample (44: 27.6 MB)")
+    parser.add_argument("--copies", type=int, help="repeats of the corpus (default: 44 of the bundled sample, 27.6 MB; 1 of --corpus)")
     parser.add_argument("--corpus", type=Path, help="your JSONL file or folder instead of the bundled sample")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="documents per tokenizer call, every qwenpt run")
@@ -167,6 +174,7 @@ def main() -> None:
                         help="interpreter for Megatron-LM's tools (preprocess_data_fast.py needs Python >= 3.12, "
                              "gigatoken and triton)")
     parser.add_argument("--with-hf", action="store_true", help="also the bare HF tokenizers engine (slow)")
+    parser.add_argument("--out", default="data_pipeline_throughput", help="bench/results/NAME.json (default %(default)s)")
     parser.add_argument("--child", choices=("bare", "bare_hf"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -176,12 +184,14 @@ def main() -> None:
     from data_pipeline.qwen import resolve
 
     tok_dir = resolve("qwen2")
-    modes = ["bare", *(["bare_hf"] if args.with_hf else []), "prepare", "prepare_detect", "prepare_detect_pool"]
+    args.copies = args.copies or (1 if args.corpus else 44)
+    modes = ["bare", *(["bare_hf"] if args.with_hf else []), "prepare", "prepare_processes", "prepare_detect",
+             "prepare_detect_thread"]
     if args.megatron_lm:
         modes += ["megatron_lm", "megatron_lm_fast"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        corpus = user_corpus(args.corpus, work / "corpus.jsonl") if args.corpus else build_corpus(args.copies, work / "corpus.jsonl")
+        corpus = user_corpus(args.corpus, args.copies, work / "corpus.jsonl") if args.corpus else build_corpus(args.copies, work / "corpus.jsonl")
         mb = corpus.stat().st_size / 1e6
         text_mb = sum(len(t.encode()) for t in texts_of(corpus)) / 1e6
         runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -212,7 +222,8 @@ def main() -> None:
             "work_mb_per_cpu_s": text_mb / med["work_cpu_s"] if med["work_cpu_s"] else None,
         }
     base = summary["bare"].get("work_mb_per_s")
-    print(f"corpus {'bundled sample x ' + str(args.copies) if not args.corpus else args.corpus}: {text_mb:.1f} MB of text "
+    name = f"{'bundled sample' if not args.corpus else args.corpus.name} x {args.copies}"  # no machine paths in results
+    print(f"corpus {name}: {text_mb:.1f} MB of text "
           f"({mb:.1f} MB JSONL), Qwen2 tokenizer, {os.cpu_count()} cores, median of {args.repeats} alternating runs; "
           f"1-min load average during the runs: median {statistics.median(loads):.1f}, max {max(loads):.1f}")
     print(f"{'':18s} {'whole s':>8s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'work s':>7s} {'MB/s':>7s} {'tok/s':>11s} {'cpu s':>6s} {'RSS MiB':>8s} {'vs bare':>8s}")
@@ -237,12 +248,12 @@ def main() -> None:
     if len(set(tokens.values())) > 1:
         print(f"note: token totals differ: {tokens}")
     result = {
-        "corpus": f"bundled sample x {args.copies}" if not args.corpus else str(args.corpus), "text_mb": text_mb,
+        "corpus": name, "text_mb": text_mb,
         "cores": os.cpu_count(), "repeats": args.repeats, "batch_docs": args.batch, "python": platform.python_version(),
         "machine": platform.machine(), "load_average_1min": {"median": statistics.median(loads), "max": max(loads)},
         **summary, **ratios,
     }
-    out = ROOT / "bench" / "results" / "data_pipeline_throughput.json"
+    out = ROOT / "bench" / "results" / f"{args.out}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

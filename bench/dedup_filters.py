@@ -202,7 +202,7 @@ def end_to_end(repeat: int) -> dict:
         for name, flags in (("plain", []), ("--near-dedup", ["--near-dedup"]), ("--quality all", ["--quality", "all"]),
                             ("--near-dedup --quality all", ["--near-dedup", "--quality", "all"])):
             cmd = [sys.executable, "-m", "data_pipeline", "prepare", str(src), "-o", f"{tmp}/out-{len(out)}", "--tokenizer", tok,
-                   "--workers", "2", "--no-progress", "--json", *flags]
+                   "--no-progress", "--json", *flags]  # default workers: a thread when plain, one process per core with a stage on
             res = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
             out[name] = {"seconds": res["seconds"], "cpu_seconds": res["cpu_seconds"], "documents": res["documents"],
                          "drops": res["drops"], "mb_per_s": round(mb / res["seconds"], 2)}
@@ -249,7 +249,7 @@ def _print(result: dict, repeat: int) -> None:
     print(f"disk per document: {sc['disk_bytes_per_doc']}  (load average {result['load_avg_1m']} -> {result['load_avg_1m_after']})")
     e2e = result.get("end_to_end")
     if e2e:
-        print(f"\nprepare end to end, {e2e['input_mb']} MB (the sample x8, 1 % of words changed per copy), --workers 2:")
+        print(f"\nprepare end to end, {e2e['input_mb']} MB (the sample x8, 1 % of words changed per copy), default --workers:")
         for k, v in e2e.items():
             if isinstance(v, dict):
                 print(f"{k:28s} {v['seconds']:7.2f} s  {v['cpu_seconds']:7.2f} CPU s  {v['mb_per_s']:6.2f} MB/s  drops {v['drops']}")

@@ -66,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-chars", type=int, default=1, help="drop shorter documents (after cleaning)")
     p.add_argument("--max-chars", type=int, default=0, help="drop longer documents; 0: no limit")
     _scale_args(p)
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer threads (default: all cores)")
-    p.add_argument("--clean-workers", type=int, default=0,
-                   help="processes for normalising and language detection (worth it when records have no language field); 0: the reader process")
-    p.add_argument("--batch-docs", type=int, default=256, help="documents per tokenizer batch")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that parse and clean (default 0: one per core when detecting languages or filtering quality, "
+                        "else a thread of this process beside the tokenizer)")
+    p.add_argument("--clean-workers", type=int, dest="workers", help=argparse.SUPPRESS)  # its former name
+    p.add_argument("--batch-docs", type=int, default=256,
+                   help="records per task, a worker's unit of work (at most 1 MiB of input; default 256)")
     p.add_argument("--rejects-log-limit", type=int, default=1000, help="logged rejects per file and reason (all are counted)")
     p.add_argument("--delete-shards", action="store_true", help="delete OUT/shards after merging (a later change of inputs redoes every file)")
     p.add_argument("--no-progress", action="store_true")
@@ -154,8 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    if args.workers:
-        os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # the tokenizer's pool reads it on first use
     from data_pipeline.clean import CleanConfig
     from data_pipeline.manifest import print_summary
     from data_pipeline.neardedup import NearDedupConfig
@@ -167,7 +167,7 @@ def _prepare(args: argparse.Namespace) -> int:
     config = PrepareConfig(
         inputs=tuple(args.inputs), output=args.output, tokenizer=args.tokenizer, text_field=args.text_field,
         lang_field=args.lang_field or None, source_field=args.source_field or None, text_unit=args.text_unit,
-        format=args.format, group_by=args.group_by, batch_docs=args.batch_docs, clean_workers=args.clean_workers, engine=args.engine,
+        format=args.format, group_by=args.group_by, batch_docs=args.batch_docs, workers=args.workers, engine=args.engine,
         rejects_log_limit=args.rejects_log_limit, keep_shards=not args.delete_shards, progress=not args.no_progress,
         clean=CleanConfig(
             normalize=None if args.no_nfc else "NFC", strip_control=not args.keep_control,
@@ -180,7 +180,7 @@ def _prepare(args: argparse.Namespace) -> int:
         tasks=TaskSplit.from_env(args.num_tasks, args.task_index),
     )
     tokenizer = TextTokenizer(config.tokenizer, engine=config.engine)
-    t0, cpu0 = time.perf_counter(), sum(os.times()[:4])  # CPU of this process and its reader/cleaning children
+    t0, cpu0 = time.perf_counter(), sum(os.times()[:4])  # CPU of this process and its worker processes (reaped at the end of the run)
     manifest = prepare(config, tokenizer)
     dt = time.perf_counter() - t0  # the work: reading to manifest, after start-up (imports, tokenizer)
     if args.json:

@@ -91,7 +91,7 @@ Drop = tuple  # (reason, file, line, sample, lang, source): the arguments of Rej
 
 
 class Cleaner:
-    """Applies :class:`CleanConfig` to records. :meth:`clean` is stateless (so it can run in worker
+    """Applies :class:`CleanConfig` to records. :meth:`clean` is stateless (it runs in the worker
     processes); :meth:`dedup` holds ``seen``, the dedup state carried across files and resumes."""
 
     def __init__(self, config: CleanConfig, seen: set[int] | None = None) -> None:
@@ -114,11 +114,12 @@ class Cleaner:
         if c.strip_control and _has_control(data):
             text = _CONTROL.sub("", text)
             data = text.encode("utf-8")
+        blank = not text or text.isspace()  # not text.strip(), without copying the text
         lang = record.lang
         if lang is None:
-            lang = self.detect(text[: c.detect_chars]) if c.detect_language and text.strip() else UNKNOWN_LANG
+            lang = self.detect(text[: c.detect_chars]) if c.detect_language and not blank else UNKNOWN_LANG
         reason = None
-        if not text.strip():
+        if blank:
             reason = "empty_document"
         elif len(text) < c.min_chars:
             reason = "too_short"
@@ -132,42 +133,29 @@ class Cleaner:
                 text, data = kept, kept.encode("utf-8")
         if reason:
             return (reason, record.file, record.line, text, lang, record.source)
-        return Record(text, lang, record.source, record.file, record.line, len(data))
+        record.text, record.lang, record.utf8 = text, lang, data  # the reader's record, ours to change
+        return record
 
-    def dedup(self, record: Record, rejects: Rejects, new_hashes: list[int] | None = None) -> Record | None:
-        """The record, or None (counted) when its exact text was seen before in this run."""
-        if not self.config.dedup:
-            return record
-        h = content_hash(record.text)
+    def dedup(self, h: int, new_hashes: list[int] | None = None) -> bool:
+        """Whether content hash ``h`` (:func:`content_hash`) is new in this run; it is remembered
+        (and appended to ``new_hashes``). Runs in the parent, in input order."""
         if h in self.seen:
-            rejects.add("duplicate", record.file, record.line, record.text, record.lang or "", record.source)
-            return None
+            return False
         self.seen.add(h)
         if new_hashes is not None:
             new_hashes.append(h)
-        return record
+        return True
 
     def __call__(self, record: Record, rejects: Rejects, new_hashes: list[int] | None = None) -> Record | None:
+        """Clean and (with ``dedup``) deduplicate one record in this process; None when dropped (counted)."""
         cleaned = self.clean(record)
         if isinstance(cleaned, tuple):
             rejects.add(*cleaned)
             return None
-        return self.dedup(cleaned, rejects, new_hashes)
-
-
-_worker_cleaner: Cleaner | None = None
-
-
-def init_worker(config: CleanConfig) -> None:
-    """Pool initializer: one stateless cleaner per worker process."""
-    global _worker_cleaner
-    _worker_cleaner = Cleaner(config)
-
-
-def clean_chunk(records: list[Record]) -> list[Record | Drop]:
-    """Worker-process entry: :meth:`Cleaner.clean` over a chunk, in order."""
-    assert _worker_cleaner is not None, "init_worker was not run"
-    return [_worker_cleaner.clean(r) for r in records]
+        if self.config.dedup and not self.dedup(content_hash(cleaned.text), new_hashes):
+            rejects.add("duplicate", cleaned.file, cleaned.line, cleaned.text, cleaned.lang or "", cleaned.source)
+            return None
+        return cleaned
 
 
 def hashes_to_array(hashes: Iterable[int]) -> np.ndarray:

@@ -13,10 +13,10 @@ settings, so an interrupted run resumes where it stopped and ends byte-identical
 one. With dedup on, hashes of finished shards are reloaded in order; a shard after a redone one is
 redone too, so duplicates are judged against the same history either way.
 
-Within a shard a forked reader process parses and cleans (its own interpreter, so it never waits
-for the GIL the tokenizer engine holds while encoding) and pipes batches to the main process, which
-tokenizes them and writes each batch's ids with one write per dataset: reading and cleaning run on
-another core, off the tokenizer's critical path.
+Within a shard, raw records (decompressed, framed by line) are parsed and cleaned in tasks by a
+thread of this process or by worker processes, deduplicated in input order, and tokenized here while
+the next tasks are cleaned (workers.py); each task's ids go out in one write per dataset. Outputs do
+not depend on the number of workers.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
 ends, however it ends) names the holder's PID.
 """
@@ -29,33 +29,30 @@ import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import pickle
-import queue
 import shutil
-import sys
-import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.clean import CleanConfig, Cleaner, clean_chunk, hashes_to_array, init_worker
+from data_pipeline.clean import CleanConfig, Cleaner, hashes_to_array
 from data_pipeline.indexed import IndexedWriter, is_complete, merge_indexed_datasets, token_dtype
 from data_pipeline.manifest import Manifest, group_filename, write_manifest
-from data_pipeline.readers import Reader, Record, Rejects, expand_inputs, source_name
+from data_pipeline.readers import Reader, Rejects, expand_inputs, source_name
 from data_pipeline.tokenizer import TextTokenizer
 from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
 from data_pipeline.neardedup import NearDedupConfig
+from data_pipeline.workers import (
+    Cleaned, TaskCleaner, Workers, auto_workers, background, heavy_cleaning, task_bytes, tasks_of, tokenize,
+)
 
 log = logging.getLogger(__name__)
 GROUP_BY = ("lang", "source")
-FORKED_READER = sys.platform.startswith("linux")  # fork is safe there; macOS's system libraries are not
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,9 @@ class PrepareConfig:
     format: str | None = None  # jsonl | parquet | text; None: from each file's extension
     clean: CleanConfig = field(default_factory=CleanConfig)
     group_by: str = "lang"
-    batch_docs: int = 256
+    batch_docs: int = 256  # records per task (a worker's unit of work, at most workers.TASK_BYTES of input)
     engine: str = "auto"  # tokenizer engine: auto (fastest proven exact) | fastokens | gigatoken | tokenizers
-    clean_workers: int = 0  # processes for normalising + language detection; 0/1: the reader process itself
+    workers: int = 0  # processes that parse and clean; 0: auto (workers.auto_workers); 1: a thread of this process
     rejects_log_limit: int = 1000  # logged rejects per (file, reason); all are counted
     keep_shards: bool = True  # False: delete OUT/shards once merged (a later change of inputs redoes every file)
     progress: bool = True
@@ -81,7 +78,7 @@ class PrepareConfig:
 
     def settings_fingerprint(self, tokenizer: TextTokenizer) -> str:
         """What decides a shard's bytes: the tokenizer file and every reading/cleaning setting."""
-        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "clean_workers", "engine", "tasks")
+        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "workers", "engine", "tasks")
         settings = {k: v for k, v in asdict(self).items() if k not in ignored}
         settings["tokenizer_sha256"] = tokenizer.sha256
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -112,6 +109,9 @@ def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Ma
     tokenizer = tokenizer or TextTokenizer(config.tokenizer, engine=config.engine)  # fails now if unreadable
     if config.group_by not in GROUP_BY:
         raise ValueError(f"group_by {config.group_by!r} is not one of {GROUP_BY}")
+    if config.workers < 0 or config.batch_docs < 1:
+        raise ValueError(f"--workers must be >= 0 (0: one per core; got {config.workers}) and --batch-docs >= 1 "
+                         f"(got {config.batch_docs})")
     out = Path(config.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, tasks.lock_name(config)):
@@ -128,8 +128,8 @@ def output_lock(out: Path, name: str = ".lock") -> Iterator[None]:
     path = out / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # a POSIX record lock: unlike flock's, not inherited by forked worker processes
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
@@ -158,11 +158,14 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
         return done
 
     results: list[tuple[str, ShardResult]] = []
-    redo_rest, pool = False, None
+    redo_rest = False
     progress = _Progress(len(files), enabled=config.progress)
     t0 = time.perf_counter()
     staged = tasks.is_staged(config)  # issue 17: each shard depends on its file alone; merge decides the rest
-    with contextlib.ExitStack() as stack:
+    n_workers, why = (config.workers, "--workers") if config.workers else auto_workers(config.clean, config.lang_field)
+    where = f"{n_workers} worker processes" if n_workers > 1 else "a thread of this process"
+    log.info("parsing and cleaning in %s (%s); tokenizing here with %s", where, why, tokenizer.engine)
+    with Workers(TaskCleaner(reader, config.clean, staged, config.near_dedup), n_workers) as workers:
         for i, path in enumerate(tasks.task_files(files, config)):
             shard_dir = out / "shards" / shard_name(path)
             result = None if redo_rest else _load_done(shard_dir, path, settings)
@@ -171,11 +174,7 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
                 if staged:
                     cleaner.seen = set()
                 progress.file(i, path, resumed=False)
-                if pool is None and config.clean_workers > 1 and not FORKED_READER:
-                    pool = stack.enter_context(
-                        multiprocessing.get_context("spawn").Pool(config.clean_workers, init_worker, (config.clean,))
-                    )
-                result = _process_file(path, shard_dir, settings, reader, cleaner, tokenizer, dtype, config, progress, pool)
+                result = _process_file(path, shard_dir, settings, reader, cleaner, tokenizer, workers, dtype, config, progress)
             else:
                 progress.file(i, path, resumed=True)
                 if config.clean.dedup:
@@ -243,10 +242,10 @@ def _process_file(
     reader: Reader,
     cleaner: Cleaner,
     tokenizer: TextTokenizer,
+    workers: Workers,
     dtype: type[np.number],
     config: PrepareConfig,
     progress: "_Progress",
-    pool: Any,
 ) -> ShardResult:
     if shard_dir.exists():
         shutil.rmtree(shard_dir)  # leftovers of an interrupted or stale run
@@ -255,14 +254,13 @@ def _process_file(
     hashes: list[int] = []
     by_key: dict[tuple[str, str], GroupStats] = defaultdict(GroupStats)
     writers: dict[str, IndexedWriter] = {}
-    eod = tokenizer.eod
     per_doc = tasks.shard_docs(config)  # issue 17: per-document records (+ MinHash) of a staged run; else None
     try:
-        for batch in _cleaned_batches(path, reader, cleaner, rejects, hashes, config.batch_docs, pool, config.clean_workers):
-            ids, lengths = tokenizer.encode_flat([r.text for r in batch])
-            ids = np.insert(ids, np.cumsum(lengths), eod)  # end of document after each one
-            lengths = lengths + 1
-            groups = [r.lang if config.group_by == "lang" else r.source for r in batch]
+        heavy = bool(heavy_cleaning(config.clean, config.lang_field))
+        cleaned = workers.map(tasks_of(reader, path, rejects, config.batch_docs, task_bytes(heavy)))
+        for batch in background(_kept(cleaned, cleaner, rejects, hashes, str(path))):
+            ids, lengths = tokenize(tokenizer, batch.texts, config.batch_docs)
+            groups = batch.langs if config.group_by == "lang" else batch.sources
             for group, docs in _runs(groups):
                 writer = writers.get(group)
                 if writer is None:
@@ -271,12 +269,13 @@ def _process_file(
                     writer.add_batch(ids, lengths)
                 else:
                     writer.add_batch(ids[np.repeat(docs, lengths)], lengths[docs])
+            nbytes = batch.nbytes
             if per_doc is not None:
-                per_doc.add(batch, lengths, groups)
-            for record, n in zip(batch, lengths.tolist()):
-                s = by_key[(record.lang, record.source)]
-                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + record.nbytes, s.tokens + n
-            progress.update(sum(r.nbytes for r in batch), int(lengths.sum()), len(batch))
+                per_doc.add(batch, lengths, groups, str(path))
+            for lang, source, b, n in zip(batch.langs, batch.sources, nbytes, lengths.tolist()):
+                s = by_key[(lang, source)]
+                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + n
+            progress.update(sum(nbytes), int(lengths.sum()), len(batch.lines))
         for writer in writers.values():
             writer.commit()
     except BaseException:
@@ -290,7 +289,7 @@ def _process_file(
         "rows": [[lang, source, asdict(s)] for (lang, source), s in sorted(by_key.items())],
         "rejects": [[lang, source, reason, n] for (lang, source, reason), n in sorted(rejects.counts.items())],
     }
-    rejects.log.sort(key=lambda r: (r["line"], r["reason"]))  # one order whether cleaning ran here or in a pool
+    rejects.log.sort(key=lambda r: (r["line"], r["reason"]))  # line order, whichever step dropped a record
     _write_atomic(shard_dir / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects.log))
     if config.clean.dedup:
         np.save(shard_dir / "hashes.npy", hashes_to_array(hashes))
@@ -299,6 +298,25 @@ def _process_file(
     _write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
     progress.rejects(rejects.total)
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
+
+
+def _kept(
+    batches: Iterator[Cleaned], cleaner: Cleaner, rejects: Rejects, hashes: list[int], file: str
+) -> Iterator[Cleaned]:
+    """Each non-empty batch after counting its drops and (with dedup) removing the documents seen
+    before in this run, counted as ``duplicate``: in input order, whatever the number of workers."""
+    for batch in batches:
+        for drop in batch.drops:
+            rejects.add(*drop)
+        if cleaner.config.dedup:
+            keep = [cleaner.dedup(h, hashes) for h in batch.hashes.tolist()]
+            if not all(keep):
+                for i, k in enumerate(keep):
+                    if not k:
+                        rejects.add("duplicate", file, batch.lines[i], batch.texts[i], batch.langs[i], batch.sources[i])
+                batch = batch.select(keep)
+        if batch.lines:
+            yield batch
 
 
 def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
@@ -315,196 +333,6 @@ def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
         mask[idx] = True
         masks.append((g, mask))
     return masks
-
-
-def _clean(
-    records: Iterator[Record], cleaner: Cleaner, rejects: Rejects, hashes: list[int], pool: Any, chunk: int
-) -> Iterator[Record]:
-    """Cleaned records in input order: in this thread, or with the stateless part of cleaning
-    (normalise, detect language, filter) in ``pool``'s processes, a bounded number of chunks in
-    flight; dedup stays here, in order."""
-    if pool is None:
-        for record in records:
-            if (cleaned := cleaner(record, rejects, hashes)) is not None:
-                yield cleaned
-        return
-    in_flight: deque = deque()
-
-    def finish_oldest() -> Iterator[Record]:
-        for item in in_flight.popleft().get():
-            if isinstance(item, tuple):
-                rejects.add(*item)
-            elif (kept := cleaner.dedup(item, rejects, hashes)) is not None:
-                yield kept
-
-    buffer: list[Record] = []
-    for record in records:
-        buffer.append(record)
-        if len(buffer) == chunk:
-            in_flight.append(pool.apply_async(clean_chunk, (buffer,)))
-            buffer = []
-            if len(in_flight) >= 4:
-                yield from finish_oldest()
-    if buffer:
-        in_flight.append(pool.apply_async(clean_chunk, (buffer,)))
-    while in_flight:
-        yield from finish_oldest()
-
-
-def _cleaned_batches(
-    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any,
-    clean_workers: int,
-) -> Iterator[list[Record]]:
-    """Batches of cleaned records, read and cleaned concurrently with the caller's tokenizing.
-
-    On Linux a forked child process reads, parses and cleans the file (the tokenizer engine holds
-    the GIL while it encodes, so a thread would take turns with it) and pipes the batches back; it
-    inherits the dedup state, and its rejects and new hashes come back when the file is done. With
-    ``clean_workers`` > 1 the child hands cleaning (language detection above all) to a pool of that
-    many processes forked from it. Elsewhere a thread reads and feeds ``pool``. Memory stays flat
-    either way (a bounded queue, chunks in flight, the pipe's buffer)."""
-    if FORKED_READER:
-        return _forked_batches(path, reader, cleaner, rejects, hashes, batch_docs, clean_workers)
-    return _threaded_batches(path, reader, cleaner, rejects, hashes, batch_docs, pool)
-
-
-def _batches(
-    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any
-) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    for cleaned in _clean(reader.read(path, rejects), cleaner, rejects, hashes, pool, batch_docs):
-        batch.append(cleaned)
-        if len(batch) == batch_docs:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _read_in_child(
-    conn: Any, parent_end: Any, path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int],
-    batch_docs: int, clean_workers: int,
-) -> None:
-    """Forked reader: ("batch", records)..., then ("done", rejects, new hashes), or ("error", exception).
-    A sender thread writes the pickled messages (up to 4 waiting), so parsing goes on while the
-    pipe is full; the parent unpickles them."""
-    parent_end.close()  # so a parent that stops reading makes a blocked send fail instead of hang
-    waiting: queue.Queue = queue.Queue(maxsize=4)
-
-    def send_all() -> None:
-        with contextlib.suppress(OSError):  # the parent stopped reading: it ends this process
-            while (message := waiting.get()) is not None:
-                conn.send_bytes(message)
-
-    def put(message: bytes | None) -> None:
-        while sender.is_alive():  # a sender that died (parent gone) must not leave this process blocked
-            try:
-                return waiting.put(message, timeout=0.1)
-            except queue.Full:
-                continue
-        raise BrokenPipeError(f"the process reading {path} lost its parent")
-
-    sender = threading.Thread(target=send_all, name="send", daemon=True)
-    sender.start()
-    try:
-        with contextlib.ExitStack() as stack:
-            pool = None
-            if clean_workers > 1:
-                ctx = multiprocessing.get_context("fork")
-                pool = stack.enter_context(ctx.Pool(clean_workers, init_worker, (cleaner.config,)))
-            for batch in _batches(path, reader, cleaner, rejects, hashes, batch_docs, pool):
-                put(pickle.dumps(("batch", batch), pickle.HIGHEST_PROTOCOL))
-        put(pickle.dumps(("done", rejects, hashes), pickle.HIGHEST_PROTOCOL))
-    except BaseException as err:  # handed to the parent, which re-raises it
-        try:
-            message = pickle.dumps(("error", err), pickle.HIGHEST_PROTOCOL)
-        except Exception:  # an exception that does not pickle
-            message = pickle.dumps(("error", RuntimeError(f"{type(err).__name__}: {err}")))
-        with contextlib.suppress(BrokenPipeError):
-            put(message)
-    finally:
-        with contextlib.suppress(BrokenPipeError):
-            put(None)
-        sender.join()
-        conn.close()
-
-
-def _forked_batches(
-    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int,
-    clean_workers: int,
-) -> Iterator[list[Record]]:
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    with contextlib.suppress(OSError):  # 1 MiB (Linux's default maximum) instead of 64 KiB: a batch crosses
-        fcntl.fcntl(send.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # in ~2 hand-offs, not ~20 lock-steps
-    child = ctx.Process(
-        target=_read_in_child, args=(send, recv, path, reader, cleaner, rejects, hashes, batch_docs, clean_workers),
-        name=f"read:{path.name}",  # not a daemon: it may fork cleaning workers; joined below in any case
-    )
-    child.start()
-    send.close()
-    finished = False
-    try:
-        while not finished:
-            try:
-                kind, *payload = pickle.loads(recv.recv_bytes())
-            except EOFError:
-                child.join()
-                raise RuntimeError(
-                    f"the process reading {path} ended unexpectedly (exit code {child.exitcode}; out of memory?); "
-                    "rerun to resume from the last finished file"
-                ) from None
-            if kind == "batch":
-                yield payload[0]
-            elif kind == "error":
-                raise payload[0]
-            else:
-                done, new_hashes = payload
-                vars(rejects).update(vars(done))  # the child's counts and log of this file
-                hashes.extend(new_hashes)
-                if cleaner.config.dedup:
-                    cleaner.seen.update(new_hashes)  # the child's additions, for the files after this one
-                finished = True
-    finally:
-        recv.close()
-        if not finished:  # the caller stopped early, or the child failed
-            child.terminate()
-        child.join()
-
-
-def _threaded_batches(
-    path: Path, reader: Reader, cleaner: Cleaner, rejects: Rejects, hashes: list[int], batch_docs: int, pool: Any
-) -> Iterator[list[Record]]:
-    q: queue.Queue = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for batch in _batches(path, reader, cleaner, rejects, hashes, batch_docs, pool):
-                _put(q, batch, stop)
-            _put(q, None, stop)
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            _put(q, err, stop)
-
-    thread = threading.Thread(target=produce, name=f"read:{path.name}", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 try:
     import orjson
@@ -40,7 +40,7 @@ class Record:
     source: str  # the record's source field, else the input file's name without extensions
     file: str
     line: int  # first line of the record (Parquet: row number, from 1)
-    nbytes: int = 0  # UTF-8 bytes of the text once cleaned (set by the cleaner)
+    utf8: bytes = b""  # the text in UTF-8 once cleaned (set by the cleaner)
 
 
 @dataclass
@@ -56,9 +56,7 @@ class Rejects:
         self.counts[(lang, source, reason)] += 1
         if self._logged[(file, reason)] < self.log_limit:
             self._logged[(file, reason)] += 1
-            if isinstance(sample, bytes):
-                sample = sample[: SAMPLE_CHARS * 4].decode("utf-8", errors="backslashreplace")
-            self.log.append({"file": file, "line": line, "reason": reason, "sample": str(sample)[:SAMPLE_CHARS]})
+            self.log.append({"file": file, "line": line, "reason": reason, "sample": sample_text(sample)})
 
     def by_reason(self) -> Counter:
         out: Counter = Counter()
@@ -69,6 +67,22 @@ class Rejects:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class Drops(list):
+    """Rejects of one task in a worker process, in order, as the arguments of :meth:`Rejects.add`
+    (samples already cut): the parent adds them to its :class:`Rejects`, so counts and the capped
+    log are what one process reading everything would have."""
+
+    def add(self, reason: str, file: str, line: int, sample: object, lang: str = "", source: str = "") -> None:
+        self.append((reason, file, line, sample_text(sample), lang, source))
+
+
+def sample_text(sample: object) -> str:
+    """What the rejects log keeps of a record: its first :data:`SAMPLE_CHARS` characters."""
+    if isinstance(sample, bytes):
+        sample = sample[: SAMPLE_CHARS * 4].decode("utf-8", errors="backslashreplace")
+    return str(sample)[:SAMPLE_CHARS]
 
 
 def _loads(raw: bytes) -> object:
@@ -156,7 +170,7 @@ def _open_binary(path: Path) -> IO[bytes]:
         return gzip.open(path, "rb")
     if kind == "zstd":
         return io.BufferedReader(_ZstdReader(open(path, "rb")), 1 << 16)
-    return open(path, "rb")
+    return open(path, "rb", buffering=1 << 20)  # lines of several KB: fewer refills that split one
 
 
 class _ZstdReader(io.RawIOBase):
@@ -228,52 +242,73 @@ class Reader:
 
     def read(self, path: Path, rejects: Rejects) -> Iterator[Record]:
         """Yield the good records of ``path``; count the rest (and any damage) in ``rejects``."""
+        for line, raw in self.units(path, rejects):
+            yield from self.parse(path, [(line, raw)], rejects)
+
+    def units(self, path: Path, rejects: Rejects | Drops) -> Iterator[tuple[int, Any]]:
+        """The raw records of ``path`` with their first line (Parquet: row): JSONL lines and
+        plain-text documents as bytes, Parquet rows as dicts. Cheap framing only (decompression,
+        line breaks), so one process can feed many that :meth:`parse` them; damage to the file is
+        counted here, after every unit before it."""
         fmt = file_format(path, self.fmt)
-        read = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text}[fmt]
+        frame = {"jsonl": self._jsonl_lines, "parquet": self._parquet_rows, "text": self._text_docs}[fmt]
         position = [0]  # last line reached, for the damage report
         try:
-            yield from read(path, rejects, position)
+            yield from frame(path, position)
         except _damage_errors() as err:
             reason = "unreadable_file" if isinstance(err, PermissionError) else "truncated_or_corrupt_file"
             rejects.add(reason, str(path), position[0] + 1, f"{type(err).__name__}: {err}", source=source_name(path))
 
-    def _jsonl(self, path: Path, rejects: Rejects, position: list[int]) -> Iterator[Record]:
-        default_source = source_name(path)
-        with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                position[0] = lineno
-                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]  # a byte-order mark is not part of the first record
-                if raw.isspace():
-                    continue  # blank separator lines are not records
+    def parse(self, path: Path, units: Sequence[tuple[int, Any]], rejects: Rejects | Drops) -> Iterator[Record]:
+        """The good records among ``units`` of ``path`` (from :meth:`units`); the rest counted in ``rejects``."""
+        file, default_source = str(path), source_name(path)
+        if file_format(path, self.fmt) == "text":
+            for line, raw in units:
+                if (record := _text_record(raw, line, file, default_source, rejects)) is not None:
+                    yield record
+            return
+        for line, raw in units:
+            fields = raw
+            if not isinstance(raw, dict):  # a JSONL line
                 try:
-                    record = _loads(raw)
+                    fields = _loads(raw)
                 except UnicodeDecodeError:
-                    rejects.add("invalid_utf8", str(path), lineno, raw, source=default_source)
+                    rejects.add("invalid_utf8", file, line, raw, source=default_source)
                     continue
                 except json.JSONDecodeError:
                     reason = "truncated_or_corrupt_file" if not raw.endswith(b"\n") else "malformed_json"
-                    rejects.add(reason, str(path), lineno, raw, source=default_source)
+                    rejects.add(reason, file, line, raw, source=default_source)
                     continue
-                if not isinstance(record, dict):
-                    rejects.add("malformed_json", str(path), lineno, raw, source=default_source)
+                if not isinstance(fields, dict):
+                    rejects.add("malformed_json", file, line, raw, source=default_source)
                     continue
-                yield from self._from_fields(record, path, lineno, default_source, rejects, raw)
+            if (record := self._from_fields(fields, file, line, default_source, rejects, raw)) is not None:
+                yield record
 
     def _from_fields(
-        self, record: dict, path: Path, lineno: int, default_source: str, rejects: Rejects, raw: object
-    ) -> Iterator[Record]:
+        self, record: dict, file: str, lineno: int, default_source: str, rejects: Rejects | Drops, raw: object
+    ) -> Record | None:
         lang = record.get(self.lang_field) if self.lang_field else None
         lang = lang if isinstance(lang, str) and lang.strip() else None
         source = record.get(self.source_field) if self.source_field else None
         source = source if isinstance(source, str) and source.strip() else default_source
         text = record.get(self.text_field)
         if not isinstance(text, str):
-            rejects.add("missing_text_field", str(path), lineno, raw, lang=lang or "", source=source)
-            return
-        yield Record(text=text, lang=lang, source=source, file=str(path), line=lineno)
+            rejects.add("missing_text_field", file, lineno, raw, lang=lang or "", source=source)
+            return None
+        return Record(text=text, lang=lang, source=source, file=file, line=lineno)
 
-    def _parquet(self, path: Path, rejects: Rejects, position: list[int]) -> Iterator[Record]:
+    @staticmethod
+    def _jsonl_lines(path: Path, position: list[int]) -> Iterator[tuple[int, bytes]]:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                position[0] = lineno
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]  # a byte-order mark is not part of the first record
+                if not raw.isspace():  # blank separator lines are not records
+                    yield lineno, raw
+
+    def _parquet_rows(self, path: Path, position: list[int]) -> Iterator[tuple[int, dict]]:
         import pyarrow.parquet as pq
 
         with _seekable(path) as local:
@@ -287,10 +322,9 @@ class Reader:
                 for record in batch.to_pylist():
                     row += 1
                     position[0] = row
-                    yield from self._from_fields(record, path, row, source_name(path), rejects, record)
+                    yield row, record
 
-    def _text(self, path: Path, rejects: Rejects, position: list[int]) -> Iterator[Record]:
-        source = source_name(path)
+    def _text_docs(self, path: Path, position: list[int]) -> Iterator[tuple[int, bytes]]:
         with _open_binary(path) as f:
             start, chunk = 1, []
             for lineno, raw in enumerate(f, start=1):
@@ -298,25 +332,25 @@ class Reader:
                 if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8) :]
                 if self.text_unit == "line":
-                    yield from self._text_doc([raw], lineno, path, source, rejects)
+                    yield lineno, raw
                 elif self.text_unit == "paragraph" and not raw.strip():
-                    yield from self._text_doc(chunk, start, path, source, rejects)
+                    if chunk:
+                        yield start, b"".join(chunk)
                     start, chunk = lineno + 1, []
                 else:
                     chunk.append(raw)
-            yield from self._text_doc(chunk, start, path, source, rejects)
+            if chunk:
+                yield start, b"".join(chunk)
 
-    @staticmethod
-    def _text_doc(lines: list[bytes], lineno: int, path: Path, source: str, rejects: Rejects) -> Iterator[Record]:
-        raw = b"".join(lines)
-        if not raw.strip():
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            rejects.add("invalid_utf8", str(path), lineno, raw, source=source)
-            return
-        yield Record(text=text.strip("\n"), lang=None, source=source, file=str(path), line=lineno)
+def _text_record(raw: bytes, lineno: int, file: str, source: str, rejects: Rejects | Drops) -> Record | None:
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        rejects.add("invalid_utf8", file, lineno, raw, source=source)
+        return None
+    return Record(text=text.strip("\n"), lang=None, source=source, file=file, line=lineno)
 
 
 class _seekable:

@@ -31,8 +31,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from data_pipeline import neardedup
-from data_pipeline.clean import content_hash
-from data_pipeline.readers import Record
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +85,18 @@ class ShardDocs:
         self.sigs: list[np.ndarray] = []
         self.file = ""
 
-    def add(self, batch: list[Record], lengths: np.ndarray, groups: list[str]) -> None:
-        for r, n, g in zip(batch, lengths.tolist(), groups):
-            self.cols["key"].append(self.keys.setdefault((r.lang, r.source, g), len(self.keys)))
-            self.cols["line"].append(r.line)
-            self.cols["bytes"].append(r.nbytes)
-            self.cols["tokens"].append(n)
-            self.cols["hash"].append(content_hash(r.text))
-            self.file = r.file
+    def add(self, batch, lengths: np.ndarray, groups: list[str], file: str) -> None:
+        """The kept documents of one :class:`~data_pipeline.workers.Cleaned` batch (hashes and
+        signatures come computed by the workers) and their tokens."""
+        for lang, source, g in zip(batch.langs, batch.sources, groups):
+            self.cols["key"].append(self.keys.setdefault((lang, source, g), len(self.keys)))
+        self.cols["line"] += batch.lines
+        self.cols["bytes"] += batch.nbytes
+        self.cols["tokens"] += lengths.tolist()
+        self.cols["hash"] += batch.hashes.tolist()
+        self.file = file
         if self.near_dedup is not None:
-            self.sigs.append(neardedup.signatures([r.text for r in batch], [r.lang for r in batch], self.near_dedup))
+            self.sigs.append(batch.sigs)
 
     def save(self, shard_dir: Path) -> None:
         arrays = {k: np.asarray(v, dtype=np.uint64 if k == "hash" else np.int64) for k, v in self.cols.items()}
@@ -146,6 +146,7 @@ def read_plan(out: Path):
     c["inputs"] = tuple(c["inputs"])
     c["near_dedup"] = neardedup.NearDedupConfig(**c["near_dedup"]) if c.get("near_dedup") else None
     c["tasks"] = TaskSplit(plan["num_tasks"], 0)
+    c["workers"] = c.pop("clean_workers", c.get("workers", 0))  # plans written before workers replaced clean_workers
     cwd = Path(plan["cwd"])
     files = [Path(f) if Path(f).is_absolute() else cwd / f for f in plan["files"]]
     return PrepareConfig(**c), files
@@ -264,6 +265,7 @@ def _filtered(out: Path, rel: str, result, d, reason: np.ndarray, ref_of: list[s
         shutil.rmtree(target)  # an earlier merge's
     if not reason.any():
         return rel, result
+    d = {k: d[k] for k in ("meta", "key", "line", "bytes", "tokens")}  # an NpzFile reads an array again at every d[k]
     meta = json.loads(str(d["meta"]))
     keys = [tuple(k) for k in meta["keys"]]
     key = d["key"]

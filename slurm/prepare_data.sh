@@ -34,7 +34,7 @@ out=$(sed -n 's/^output: //p' <<< "$plan")
 near=$(sed -n 's/^near_dedup: //p' <<< "$plan")
 
 quoted=$(printf '%q ' "$@")
-prepare="python -m data_pipeline prepare $quoted--num-tasks $tasks --no-progress --workers $cpus"
+prepare="python -m data_pipeline prepare $quoted--num-tasks $tasks --no-progress"  # --workers: as the task's CPUs and cleaning decide
 buckets="python -m data_pipeline buckets $(printf '%q' "$out") --num-tasks $tasks"
 merge="python -m data_pipeline merge $(printf '%q' "$out")"
 

@@ -202,8 +202,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_byte_identical_outputs(tmp_path):
-    """Kill -9 the CLI while it is writing the second file's shard (fed through a pipe), rerun, and
-    compare every output byte with an uninterrupted run."""
+    """Kill -9 the CLI while it is writing the second file's shard (fed through a pipe), cleaning in
+    2 worker processes; the workers exit with it (they would hold the output's lock and memory);
+    rerun, and compare every output byte with an uninterrupted run."""
     src = tmp_path / "src"
     src.mkdir()
     docs = corpus_docs("fr", 12) + corpus_docs("zh-tw", 8)
@@ -214,7 +215,7 @@ def test_interrupted_run_resumes_to_byte_identical_outputs(tmp_path):
     os.mkfifo(fifo)
     cmd = [
         sys.executable, "-m", "data_pipeline", "prepare", str(src / "a.jsonl"), str(fifo), str(src / "c.jsonl"),
-        "--tokenizer", str(BUNDLED_TOKENIZER), "--dedup", "--batch-docs", "1", "--no-progress", "--json",
+        "--tokenizer", str(BUNDLED_TOKENIZER), "--dedup", "--batch-docs", "1", "--no-progress", "--json", "--workers", "2",
     ]
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
     proc = subprocess.Popen([*cmd, "-o", str(out1)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -223,11 +224,17 @@ def test_interrupted_run_resumes_to_byte_identical_outputs(tmp_path):
         os.write(fd, "".join(b_lines[:5]).encode())
         shard_b = next((out1 / "shards").glob("b-*"))
         _wait_for(lambda: any(p.stat().st_size > 0 for p in shard_b.glob(".*.tmp*.bin")), proc)
+        workers = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         os.close(fd)
     finally:
         proc.kill()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)] == []  # no orphan left
     assert (next((out1 / "shards").glob("a-*")) / "stats.json").is_file()
     assert not (shard_b / "stats.json").exists() and not (out1 / "manifest.parquet").exists()
     fifo.unlink()
@@ -252,6 +259,18 @@ def _open_fifo_for_writing(path: Path, proc: subprocess.Popen, timeout: float = 
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             time.sleep(0.05)
     raise TimeoutError("the pipeline never opened the pipe")
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc), over all its threads."""
+    return sorted({int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()})
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -366,9 +385,9 @@ def test_train_tokenizer_cli_builds_a_qwen2_style_bpe(tmp_path):
 
 
 def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path, monkeypatch):
-    """--clean-workers moves normalising and language detection to processes, and reading in a
-    thread (where fork is not used) replaces the reader process; outputs, counts and the rejects log
-    must not change."""
+    """Parsing and cleaning in a thread, in forked worker processes, or in spawned ones (where fork
+    is not used), with tasks of 4 records (several in flight, finishing out of order): outputs,
+    counts and the rejects log must not change."""
     src = tmp_path / "src"
     src.mkdir()
     docs = [{"text": d["text"]} for lang in ("en", "de", "ja") for d in corpus_docs(lang, 6)]
@@ -376,15 +395,58 @@ def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path, monkeypa
     write_jsonl(src / "mixed.jsonl", docs)
     write_jsonl(src / "more.jsonl", docs[::-1])
     clean = CleanConfig(dedup=True, min_chars=10)
-    run_prepare(tmp_path / "serial", src, clean=clean, batch_docs=4)
-    run_prepare(tmp_path / "pool", src, clean=clean, batch_docs=4, clean_workers=2)
-    monkeypatch.setattr("data_pipeline.prepare.FORKED_READER", False)
-    run_prepare(tmp_path / "thread", src, clean=clean, batch_docs=4)
-    serial, pool = _tree(tmp_path / "serial"), _tree(tmp_path / "pool")
-    assert serial == pool == _tree(tmp_path / "thread")
-    m = Manifest.read(tmp_path / "pool" / "manifest.parquet")
+    run_prepare(tmp_path / "thread", src, clean=clean, batch_docs=4, workers=1)
+    run_prepare(tmp_path / "fork", src, clean=clean, batch_docs=4, workers=3)
+    monkeypatch.setattr("data_pipeline.workers.FORK", False)
+    run_prepare(tmp_path / "spawn", src, clean=clean, batch_docs=4, workers=2)
+    thread, fork = _tree(tmp_path / "thread"), _tree(tmp_path / "fork")
+    assert thread == fork == _tree(tmp_path / "spawn")
+    m = Manifest.read(tmp_path / "fork" / "manifest.parquet")
     assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2}
     assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "ja": 6}
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []  # the pool is shut down with the run
+
+
+def test_workers_default_to_a_thread_for_light_cleaning_and_all_cores_for_heavy(monkeypatch):
+    from data_pipeline.quality import QualityConfig
+    from data_pipeline.workers import TASK_BYTES, auto_workers, task_bytes
+
+    monkeypatch.setattr("data_pipeline.workers.usable_cores", lambda: 16)
+    assert auto_workers(CleanConfig(), "lang")[0] == 1  # a language field: NFC and control characters only
+    assert auto_workers(CleanConfig(dedup=True), "lang")[0] == 1
+    assert auto_workers(CleanConfig(), None) == (16, "one per core, as language detection makes cleaning heavy")
+    assert auto_workers(CleanConfig(detect_language=False), None)[0] == 1
+    assert auto_workers(CleanConfig(quality=QualityConfig(("c4",))), None) == (
+        16, "one per core, as language detection and quality filters make cleaning heavy")
+    assert (task_bytes(False), task_bytes(True)) == (TASK_BYTES, TASK_BYTES // 8)
+
+
+def test_a_worker_that_dies_stops_the_run_with_an_error(tmp_path, monkeypatch):
+    """A worker process killed mid-run (out of memory) fails the run with a message saying what to
+    do, instead of hanging; no process is left, and the finished shard before it stays done."""
+    import multiprocessing
+
+    from data_pipeline import workers
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_jsonl(src / "a.jsonl", corpus_docs("it", 3))
+    write_jsonl(src / "b.jsonl", corpus_docs("fr", 8))
+    clean = workers.TaskCleaner.__call__
+
+    def dies_on_b(self, task):
+        if task.file.endswith("b.jsonl"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return clean(self, task)
+
+    monkeypatch.setattr(workers.TaskCleaner, "__call__", dies_on_b)
+    with pytest.raises(RuntimeError, match=r"worker process ended unexpectedly.*lower --workers.*rerun to resume"):
+        run_prepare(tmp_path / "out", src, workers=2, batch_docs=2)
+    assert multiprocessing.active_children() == []
+    shards = sorted((tmp_path / "out" / "shards").iterdir())
+    assert [(p.name.split("-")[0], (p / "stats.json").is_file()) for p in shards] == [("a", True), ("b", False)]
 
 
 def test_jsonl_with_a_byte_order_mark_keeps_its_first_record(tmp_path, tokenizer):
@@ -397,9 +459,9 @@ def test_jsonl_with_a_byte_order_mark_keeps_its_first_record(tmp_path, tokenizer
     assert ds[0].tolist() == tokenizer.encode(unicodedata.normalize("NFC", docs[0]["text"])) + [tokenizer.eod]
 
 
-def test_reader_process_errors_reach_the_caller_and_no_process_is_left(tmp_path):
-    """Files are read and cleaned in a forked process: an error there is raised here, naming the
-    file, after the good file before it was finished; no reader process outlives the run."""
+def test_reader_errors_reach_the_caller_and_no_process_is_left(tmp_path):
+    """An error while reading a file is raised here, naming the file, after the good file before
+    it was finished; no worker process outlives the run."""
     import multiprocessing
 
     src = tmp_path / "src"
@@ -407,7 +469,7 @@ def test_reader_process_errors_reach_the_caller_and_no_process_is_left(tmp_path)
     write_jsonl(src / "a.jsonl", corpus_docs("it", 3))
     pq.write_table(pa.table({"body": ["no text column"]}), src / "b.parquet")
     with pytest.raises(ValueError, match=r"b\.parquet: no column 'text'"):
-        run_prepare(tmp_path / "out", src)
+        run_prepare(tmp_path / "out", src, workers=2)
     assert multiprocessing.active_children() == []
     shards = list((tmp_path / "out" / "shards").iterdir())
     assert [(p.name.split("-")[0], (p / "stats.json").is_file()) for p in sorted(shards)] == [("a", True), ("b", False)]
