@@ -110,8 +110,8 @@ def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Ma
     if config.group_by not in GROUP_BY:
         raise ValueError(f"group_by {config.group_by!r} is not one of {GROUP_BY}")
     if config.workers < 0 or config.batch_docs < 1:
-        raise ValueError(f"--workers must be >= 0 (0: one per core; got {config.workers}) and --batch-docs >= 1 "
-                         f"(got {config.batch_docs})")
+        raise ValueError(f"--workers must be >= 0 (0: chosen by how heavy cleaning is; got {config.workers}) and "
+                         f"--batch-docs >= 1 (got {config.batch_docs})")
     out = Path(config.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, tasks.lock_name(config)):
@@ -257,7 +257,7 @@ def _process_file(
     per_doc = tasks.shard_docs(config)  # issue 17: per-document records (+ MinHash) of a staged run; else None
     try:
         heavy = bool(heavy_cleaning(config.clean, config.lang_field))
-        cleaned = workers.map(tasks_of(reader, path, rejects, config.batch_docs, task_bytes(heavy)))
+        cleaned = workers.map(tasks_of(reader, path, config.batch_docs, task_bytes(heavy)))
         for batch in background(_kept(cleaned, cleaner, rejects, hashes, str(path))):
             ids, lengths = tokenize(tokenizer, batch.texts, config.batch_docs)
             groups = batch.langs if config.group_by == "lang" else batch.sources

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 import numpy as np
 
@@ -78,6 +78,7 @@ def task_bytes(heavy: bool) -> int:
 class Task:
     file: str
     units: list  # (line, raw record) pairs of Reader.units
+    damage: Drops | None = None  # the file's damage, found while framing it: after these records (last task)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class TaskCleaner:
             lines.append(cleaned.line)
             langs.append(cleaned.lang)
             sources.append(cleaned.source)
+        drops.extend(task.damage or ())
         return Cleaned(
             texts, [len(b) for b in utf8], lines, langs, sources,
             np.fromiter(map(content_hash, texts), np.uint64, len(texts)) if self.hashes else None,
@@ -156,19 +158,21 @@ def tokenize(tokenizer: TextTokenizer, texts: list[str], batch_docs: int) -> tup
     return np.insert(ids, np.cumsum(lengths), tokenizer.eod), lengths + 1
 
 
-def tasks_of(reader: Reader, path: Path, rejects: Any, batch_docs: int, max_bytes: int = TASK_BYTES) -> Iterator[Task]:
-    """``path``'s raw records in tasks of ``batch_docs`` records or ``max_bytes`` of input."""
+def tasks_of(reader: Reader, path: Path, batch_docs: int, max_bytes: int = TASK_BYTES) -> Iterator[Task]:
+    """``path``'s raw records in tasks of ``batch_docs`` records or ``max_bytes`` of input; damage to
+    the file travels with the last task, so every reject reaches the parent in order, on one thread."""
     units: list = []
     size = 0
-    for unit in reader.units(path, rejects):
+    damage = Drops()
+    for unit in reader.units(path, damage):
         units.append(unit)
         raw = unit[1]
         size += len(raw) if isinstance(raw, bytes) else sum(len(v) for v in raw.values() if isinstance(v, str))
         if len(units) >= batch_docs or size >= max_bytes:
             yield Task(str(path), units)
             units, size = [], 0
-    if units:
-        yield Task(str(path), units)
+    if units or damage:
+        yield Task(str(path), units, damage)
 
 
 def background(items: Iterator[T], depth: int = 4, name: str = "clean") -> Iterator[T]:

@@ -360,6 +360,8 @@ def test_cli_fails_early_with_clear_messages(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     r = run("prepare", str(src), "-o", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "bad.json"))
     assert r.returncode == 2 and f"cannot read {tmp_path / 'bad.json'}" in r.stderr
+    r = run("prepare", str(src), "-o", str(tmp_path / "o"), "--tokenizer", str(BUNDLED_TOKENIZER), "--workers", "-1")
+    assert r.returncode == 2 and "--workers must be >= 0 (0: chosen by how heavy cleaning is; got -1)" in r.stderr
     assert not (tmp_path / "o").exists()
     r = run("mix", str(tmp_path / "nope.parquet"), "--budget", "1B")
     assert r.returncode == 2 and "manifest" in r.stderr and "does not exist" in r.stderr
@@ -394,6 +396,8 @@ def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path, monkeypa
     docs += [{"text": "tiny"}, {"text": docs[0]["text"]}, {"body": "no text"}]
     write_jsonl(src / "mixed.jsonl", docs)
     write_jsonl(src / "more.jsonl", docs[::-1])
+    cut = write_jsonl(src / "cut.jsonl.gz", [{"text": d["text"]} for d in corpus_docs("it", 6)], "gz")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])  # damage, found while framing
     clean = CleanConfig(dedup=True, min_chars=10)
     run_prepare(tmp_path / "thread", src, clean=clean, batch_docs=4, workers=1)
     run_prepare(tmp_path / "fork", src, clean=clean, batch_docs=4, workers=3)
@@ -402,8 +406,8 @@ def test_cleaning_in_worker_processes_gives_identical_outputs(tmp_path, monkeypa
     thread, fork = _tree(tmp_path / "thread"), _tree(tmp_path / "fork")
     assert thread == fork == _tree(tmp_path / "spawn")
     m = Manifest.read(tmp_path / "fork" / "manifest.parquet")
-    assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2}
-    assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "ja": 6}
+    assert m.drops_by_reason() == {"duplicate": 1 + 19, "missing_text_field": 2, "too_short": 2, "truncated_or_corrupt_file": 1}
+    assert {g: s["documents"] for g, s in m.groups().items()} == {"de": 6, "en": 6, "it": 3, "ja": 6}
     import multiprocessing
 
     assert multiprocessing.active_children() == []  # the pool is shut down with the run
