@@ -94,8 +94,8 @@ def megatron_args(args: argparse.Namespace, m: Any) -> list[str]:
         flags.append("--untie-embeddings-and-output-weights")
     if args.fp8:
         flags += ["--fp8-format", args.fp8, "--fp8-recipe", args.fp8_recipe]
-    if not args.te:  # both fusions are TE kernels
-        flags += ["--no-gradient-accumulation-fusion", "--no-rope-fusion"]
+    if not args.te:  # both fusions are TE kernels; the fused masked softmax is apex's extension, absent here
+        flags += ["--no-gradient-accumulation-fusion", "--no-rope-fusion", "--no-masked-softmax-fusion"]
     return [str(f) for f in flags]
 
 
@@ -111,18 +111,24 @@ def steady(step_times_s: list[float], warmup: int) -> float:
     return statistics.median(timed)
 
 
+def _launch(cmd: list[str], log: Path, **kwargs: Any) -> tuple[int, str]:
+    """Run one training launch with its output streamed to ``log`` (a run stopped from outside keeps its log)."""
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, **kwargs).returncode
+    return code, log.read_text(errors="replace")
+
+
 def run_qwenpt(args: argparse.Namespace, work: Path, i: int) -> dict:
-    out = work / f"qwenpt_{i}.json"
+    out, log = work / f"qwenpt_{i}.json", work / f"qwenpt_{i}.log"
     cmd = [*torchrun(args.gpus), str(Path(__file__).resolve()), "--worker", str(out),
            *sys.argv[1:]]  # the worker re-parses the same flags
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    (work / f"qwenpt_{i}.log").write_text(proc.stdout)
-    if proc.returncode != 0:
-        raise SystemExit(f"qwenpt run failed (log {work / f'qwenpt_{i}.log'}):\n{proc.stdout[-4000:]}")
+    code, text = _launch(cmd, log, cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"qwenpt run failed (log {log}):\n{text[-4000:]}")
     result = json.loads(out.read_text())
-    head = [ln.split(" - ")[-1] for ln in proc.stdout.splitlines() if re.search(r"\] - (model|world) ", ln)]
+    head = [ln.split(" - ")[-1] for ln in text.splitlines() if re.search(r"\] - (model|world) ", ln)]
     return {"step_s": steady(result["step_times_s"], args.warmup), "max_allocated_gib": result["max_allocated_gib"],
-            "log_head": head}
+            "gpu_busy": result.get("gpu_busy"), "log_head": head}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -140,16 +146,51 @@ def worker(args: argparse.Namespace) -> None:
     trainer = Trainer(compose_cfg(args, run_dir))
     trainer._log_eval = lambda *a, **k: None  # evaluation and checkpoint saves off: the train steps are measured
     trainer.save = lambda: None
+    rank = int(os.environ.get("RANK", "0"))
+    profiler = _profile_last_steps(trainer, args.steps, args.profile) if args.profile and rank == 0 else None
     trainer.fit()
     trainer.close()
-    rank = int(os.environ.get("RANK", "0"))
     peak = torch.cuda.max_memory_allocated() / GiB
     peaks = [None] * int(os.environ.get("WORLD_SIZE", "1"))
     torch.distributed.all_gather_object(peaks, peak)
     if rank == 0:
         train = read_metrics(run_dir, "train")
-        Path(args.worker).write_text(json.dumps({"step_times_s": [r["step_time_s"] for r in train],
-                                                 "max_allocated_gib": max(peaks)}))
+        times = [r["step_time_s"] for r in train][: args.steps - args.profile]  # profiled steps run slower
+        result = {"step_times_s": times, "max_allocated_gib": max(peaks)}
+        if profiler is not None:
+            averages = profiler.key_averages()
+            # GPU busy: kernel time over the profiled steps' wall time (well below 1: the host, not the GPU, sets the pace)
+            kernels_s = sum(getattr(e, "self_device_time_total", 0) for e in averages) / 1e6
+            wall_s = sum(r["step_time_s"] for r in train[-args.profile:])
+            result["gpu_busy"] = round(kernels_s / wall_s, 3) if wall_s else None
+            key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            table = averages.table(sort_by=key, row_limit=30, max_name_column_width=70)
+            Path(args.worker).with_name("qwenpt_profile.txt").write_text(
+                f"last {args.profile} step(s): {wall_s:.3f} s wall, {kernels_s:.3f} s of GPU kernels\n{table}\n")
+        Path(args.worker).write_text(json.dumps(result))
+
+
+def _profile_last_steps(trainer: Any, steps: int, n: int):
+    """torch.profiler over the last ``n`` training steps (kernels by GPU time: where a step's time goes)."""
+    import torch
+
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+        schedule=torch.profiler.schedule(wait=steps - n - 1, warmup=1, active=n, repeat=1))
+    step = trainer.train_step
+
+    def profiled(iterators: list):
+        if trainer.step == 0:
+            profiler.start()
+        try:
+            return step(iterators)
+        finally:
+            profiler.step()
+            if trainer.step + 1 == steps:
+                profiler.stop()
+
+    trainer.train_step = profiled
+    return profiler
 
 
 _ITER = re.compile(r"elapsed time per iteration \(ms\): ([0-9.]+)")
@@ -177,12 +218,12 @@ def run_megatron(args: argparse.Namespace, m: Any, work: Path, i: int) -> dict:
     script, extra_env, _ = megatron_entry(Path(args.megatron_lm).resolve(), work)
     cmd = [*torchrun(args.gpus), str(script), *megatron_args(args, m)]
     env = dict(os.environ, CUDA_DEVICE_MAX_CONNECTIONS="1", **extra_env)
-    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    (work / f"megatron_{i}.log").write_text(proc.stdout)
-    times = [float(t) / 1000 for t in _ITER.findall(proc.stdout)]
-    if proc.returncode != 0 or not times:
-        raise SystemExit(f"pretrain_gpt.py failed (log {work / f'megatron_{i}.log'}):\n{proc.stdout[-4000:]}")
-    mem = [float(x) / 1024 for x in _MEM.findall(proc.stdout)]
+    log = work / f"megatron_{i}.log"
+    code, text = _launch(cmd, log, cwd=work, env=env)
+    times = [float(t) / 1000 for t in _ITER.findall(text)]
+    if code != 0 or not times:
+        raise SystemExit(f"pretrain_gpt.py failed (log {log}):\n{text[-4000:]}")
+    mem = [float(x) / 1024 for x in _MEM.findall(text)]
     return {"step_s": steady(times, args.warmup), "max_allocated_gib": max(mem) if mem else None}
 
 
@@ -195,6 +236,27 @@ def megatron_tree_version(tree: Path) -> Optional[str]:
     if not all(parts[:3]):
         return None
     return ".".join(m.group(1) for m in parts[:3]) + (parts[3].group(1) if parts[3] else "")
+
+
+def launch_latency_us(n: int = 2000) -> float:
+    """Host time of one small CUDA kernel launch through PyTorch (median of 3 batches of ``n``). A step of
+    a 1.5B model issues tens of thousands of launches: on a slow host they, not the GPU, set the pace."""
+    import time
+
+    import torch
+
+    x = torch.zeros(1, device="cuda")
+    for _ in range(100):
+        x.add_(1)
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(n):
+            x.add_(1)
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) / n * 1e6)
+    return round(statistics.median(samples), 2)
 
 
 def summarize(step_s: float, tokens_per_step: int, gpus: int, flops_per_token: float, peak_tflops: Optional[float]) -> dict:
@@ -218,6 +280,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="profile qwenpt's last N steps (torch.profiler; kernel table in the workdir, steps not timed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_mfu.json"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -256,13 +320,24 @@ def main() -> None:
         print(f"warning: pretrain_gpt.py runs on the tree's megatron-core {tree_version}, qwenpt on the installed "
               f"{megatron.core.__version__}", file=sys.stderr)
 
+    launch_us = launch_latency_us()
+    print(f"{gpu_name}: {launch_us} us per small kernel launch (host side)", flush=True)
     runs: dict[str, list[dict]] = {"qwenpt": [], "megatron_lm": []}
+    sides = [("qwenpt", "qwenpt", lambda i: run_qwenpt(args, work, i))]
+    if args.megatron_lm:
+        sides.append(("megatron_lm", "Megatron-LM", lambda i: run_megatron(args, m, work, i)))
+    failures = []
     for i in range(args.repeats):  # alternating, so drift (clocks, thermals) hits both alike
-        runs["qwenpt"].append(run_qwenpt(args, work, i))
-        print(f"repeat {i}: qwenpt {runs['qwenpt'][-1]['step_s'] * 1e3:.1f} ms/step", flush=True)
-        if args.megatron_lm:
-            runs["megatron_lm"].append(run_megatron(args, m, work, i))
-            print(f"repeat {i}: Megatron-LM {runs['megatron_lm'][-1]['step_s'] * 1e3:.1f} ms/step", flush=True)
+        for side, name, run in sides:
+            try:
+                runs[side].append(run(i))
+            except SystemExit as failure:  # one side's failed launch does not hide the other side's figures
+                failures.append(f"{name} (repeat {i}): {failure}")
+                print(failures[-1], file=sys.stderr, flush=True)
+                continue
+            print(f"repeat {i}: {name} {runs[side][-1]['step_s'] * 1e3:.1f} ms/step", flush=True)
+    if not any(runs.values()):
+        raise SystemExit("\n".join(failures))
 
     result: dict[str, Any] = {}
     for side, rs in runs.items():
@@ -271,8 +346,11 @@ def main() -> None:
                                      flops_per_token, peak)
             result[side]["max_allocated_gib"] = max((r["max_allocated_gib"] or 0) for r in rs) or None
             result[side]["repeats_step_s"] = [round(r["step_s"], 4) for r in rs]
+            busy = [r["gpu_busy"] for r in rs if r.get("gpu_busy") is not None]
+            if busy:
+                result[side]["gpu_busy"] = busy[0]
     ratio = (result["qwenpt"]["tokens_per_s_per_gpu"] / result["megatron_lm"]["tokens_per_s_per_gpu"]
-             if "megatron_lm" in result else None)
+             if "megatron_lm" in result and "qwenpt" in result else None)
     key = f"{args.model}/{'fp8-' + args.fp8 if args.fp8 else 'bf16'}/seq{args.seq}/mbs{args.micro_batch}/gpus{args.gpus}"
     entry = {
         "model": args.model, "precision": f"bf16 + fp8 {args.fp8} ({args.fp8_recipe})" if args.fp8 else "bf16",
@@ -284,8 +362,9 @@ def main() -> None:
         "env": {"gpu": gpu_name, "python": platform.python_version(), "torch": torch.__version__,
                 "cuda": torch.version.cuda, "megatron_core": megatron.core.__version__,
                 "megatron_lm_tree": tree_version, "pretrain_gpt_megatron_core": core_used,
-                "transformer_engine": _te_version()},
-        "qwenpt_log": runs["qwenpt"][0]["log_head"],
+                "transformer_engine": _te_version(), "kernel_launch_us": launch_us},
+        "qwenpt_log": runs["qwenpt"][0]["log_head"] if runs["qwenpt"] else None,
+        "failures": failures,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -294,16 +373,19 @@ def main() -> None:
     out.write_text(json.dumps(table, indent=2) + "\n")
 
     print(f"\n{key} on {args.gpus} x {gpu_name} ({entry['attention']}); planner estimate {planned} GiB")
-    print(f"{'':14}{'tokens/s/GPU':>14}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}")
+    print(f"{'':14}{'tokens/s/GPU':>14}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}{'GPU busy':>10}")
     for side in ("qwenpt", "megatron_lm"):
         if side in result:
             r = result[side]
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
             mem = f"{r['max_allocated_gib']:.1f}" if r["max_allocated_gib"] else "-"
-            print(f"{side:14}{r['tokens_per_s_per_gpu']:>14,.0f}{r['tflops_per_gpu']:>13.1f}{mfu:>8}{mem:>10}")
+            busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
+            print(f"{side:14}{r['tokens_per_s_per_gpu']:>14,.0f}{r['tflops_per_gpu']:>13.1f}{mfu:>8}{mem:>10}{busy:>10}")
     if ratio:
         print(f"ratio qwenpt / Megatron-LM: {ratio:.3f}")
     print(f"wrote {out} [{key}]")
+    if failures:
+        raise SystemExit(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
 
 
 def _te_version() -> Optional[str]:

@@ -2,7 +2,10 @@
 # Prepare, on a machine with network, the wheels a bare GPU machine needs to run qwenpt with no network at
 # all: Python 3.12, Linux x86_64, torch (2.11 + CUDA 13 there) already installed.
 #
-#   bash scripts/gpu/fetch_wheels.sh DEST [--te]
+#   bash scripts/gpu/fetch_wheels.sh DEST [--te | --minimal]
+#
+# --minimal: only scripts/gpu/minimal.txt (megatron-core, Hydra, the data readers' parsers; 13 MB), for an
+# image that already has the scientific stack; run.sh installs them over it.
 #
 # DEST gets megatron-core and every other runtime and test dependency, pinned to the versions a fresh
 # `pip install -e '.[dev]'` resolves on Python 3.12 (torch, triton and the nvidia-* libraries excluded:
@@ -16,6 +19,16 @@ TE=${2:-}
 cd "$(dirname "$0")/../.."
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
+if [ "$TE" = "--minimal" ]; then
+    grep -v '^#' scripts/gpu/minimal.txt | grep -v '^packaging' > "$DEST/requirements.txt"
+    grep -v '^#' scripts/gpu/minimal.txt | while read -r pin; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d "$DEST" "$pin" 2>/dev/null || python3 -m pip wheel -q --no-deps -w "$DEST" "$pin"
+    done
+    echo "$(ls "$DEST" | wc -l) files, $(du -sh "$DEST" | cut -f1) in $DEST"
+    exit 0
+fi
 PY312=$(PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null || command -v python3.12 ||
     echo "${PYENV_ROOT:-$HOME/.pyenv}/versions/3.12.1/bin/python3.12")
 RESOLVE=$(mktemp -d)

@@ -9,24 +9,37 @@
 #
 # Writes to $OUT (default ./gpu_results): setup.log (versions; TE build seconds or why not), gpu_tests.log
 # and gpu_tests.xml, gpu_mfu.json (the benchmark table) and every run's log under bench_*/.
-# Knobs: STEPS (20), WARMUP (5), REPEATS (1), GLOBAL_BATCH (16), MICRO_BATCHES ("qwen2.5_0.5b:4 qwen2.5_1.5b:2"),
-# TE_BUILD_TIMEOUT (1200 s), SKIP_TESTS=1, SKIP_BENCH=1.
+# Knobs: STEPS (20), WARMUP (5), REPEATS (1), GLOBAL_BATCH (16), MICRO_BATCHES ("qwen2.5_1.5b:2 qwen2.5_0.5b:4"),
+# PROFILE (0: profile qwenpt's last N steps, a kernel table per run), TE_BUILD_TIMEOUT (1200 s), TEST_TIMEOUT and
+# BENCH_TIMEOUT (seconds per pytest run and per benchmark invocation; 0 = none), SKIP_TESTS=1, SKIP_BENCH=1.
+# WHEELS may hold a requirements.txt (fetch_wheels.sh writes one); without it every wheel there is installed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 WHEELS=$(cd "${WHEELS:?set WHEELS to the folder fetch_wheels.sh filled}" && pwd)
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-VENV=${VENV:-/tmp/qwenpt-gpu-venv}
+VENV=${VENV:-/tmp/qwenpt-gpu-venv}  # or none: install into $PYTHON's own environment
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/setup.log"; }
 
 # --- install: the image's torch stays (system site packages), everything else from the wheels --------------
-"${PYTHON:-python3}" -m venv --system-site-packages "$VENV"
-PY="$VENV/bin/python"
+BASE=${PYTHON:-python3}
+if [ "$VENV" = none ]; then  # a machine that is thrown away afterwards: install into $PYTHON's environment
+    PY=$BASE
+else
+    "$BASE" -m venv --system-site-packages "$VENV" || { log "could not create a virtualenv at $VENV (VENV=none installs into $BASE's environment)"; exit 1; }
+    PY="$VENV/bin/python"
+    # an image whose python3 is itself a virtualenv (torch installed there, not in the base interpreter):
+    # the new venv sees the base's site-packages only, so it is pointed at the image venv's too
+    "$BASE" -c "import sys; sys.exit(sys.prefix == sys.base_prefix)" &&
+        "$BASE" -c "import site; print('\n'.join(site.getsitepackages()))" > "$("$PY" -c "import sysconfig; print(sysconfig.get_path('purelib'))")/_image_venv.pth"
+fi
 PIP=("$PY" -m pip install -q --no-index --find-links "$WHEELS")
 "${PIP[@]}" setuptools wheel 2>&1 | tee -a "$OUT/setup.log"
-"${PIP[@]}" -r "$WHEELS/requirements.txt" 2>&1 | tee -a "$OUT/setup.log" || { log "dependency install failed"; exit 1; }
-"${PIP[@]}" --no-deps --no-build-isolation -e . 2>&1 | tee -a "$OUT/setup.log" || { log "qwenpt install failed"; exit 1; }
+if [ -f "$WHEELS/requirements.txt" ]; then REQS=(-r "$WHEELS/requirements.txt"); else REQS=("$WHEELS"/*.whl); fi
+"${PIP[@]}" "${REQS[@]}" 2>&1 | tee -a "$OUT/setup.log" || { log "dependency install failed"; exit 1; }
+"${PIP[@]}" --no-deps --no-build-isolation -e . 2>&1 | tee -a "$OUT/setup.log" ||
+    { log "qwenpt: editable install failed (above); running it from the checkout"; export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; }
 
 TE_SDIST=$(ls "$WHEELS"/transformer_engine_torch-*.tar.gz 2>/dev/null | head -1)
 NVCC=$(command -v nvcc || ls "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" 2>/dev/null || true)
@@ -61,21 +74,24 @@ PY
 # --- tests ---------------------------------------------------------------------------------------------
 if [ -z "${SKIP_TESTS:-}" ]; then
     log "tests/gpu"
-    "$PY" -m pytest -q -m gpu tests/gpu -rs -s --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
+    timeout "${TEST_TIMEOUT:-0}" "$PY" -m pytest -q -m gpu tests/gpu -rs -s --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
+    [ "${PIPESTATUS[0]}" = 124 ] && log "tests/gpu: stopped after TEST_TIMEOUT=$TEST_TIMEOUT s"
 fi
 
 # --- benchmark -----------------------------------------------------------------------------------------
 if [ -z "${SKIP_BENCH:-}" ]; then
     FP8=$("$PY" -c "import torch; from qwenpt.models.builder import use_transformer_engine as te
 print('hybrid' if te() and torch.cuda.get_device_capability() >= (8, 9) else '')" 2>/dev/null)
-    for pair in ${MICRO_BATCHES:-qwen2.5_0.5b:4 qwen2.5_1.5b:2}; do
+    for pair in ${MICRO_BATCHES:-qwen2.5_1.5b:2 qwen2.5_0.5b:4}; do
         model=${pair%%:*} mbs=${pair##*:}
         for fp8 in "" $FP8; do
             log "bench/gpu_mfu.py $model micro-batch $mbs ${fp8:+fp8 $fp8}"
-            "$PY" bench/gpu_mfu.py --model "$model" --micro-batch "$mbs" --global-batch "${GLOBAL_BATCH:-16}" \
-                --steps "${STEPS:-20}" --warmup "${WARMUP:-5}" --repeats "${REPEATS:-1}" ${fp8:+--fp8 $fp8} \
+            timeout "${BENCH_TIMEOUT:-0}" "$PY" bench/gpu_mfu.py --model "$model" --micro-batch "$mbs" \
+                --global-batch "${GLOBAL_BATCH:-16}" --steps "${STEPS:-20}" --warmup "${WARMUP:-5}" \
+                --repeats "${REPEATS:-1}" --profile "${PROFILE:-0}" ${fp8:+--fp8 $fp8} \
                 ${MEGATRON_LM:+--megatron-lm "$MEGATRON_LM"} --out "$OUT/gpu_mfu.json" \
                 --workdir "$OUT/bench_${model}_mbs${mbs}${fp8:+_fp8}" 2>&1 | grep -v -i warn | tail -12 | tee -a "$OUT/setup.log"
+            [ "${PIPESTATUS[0]}" = 124 ] && log "bench: stopped after BENCH_TIMEOUT=$BENCH_TIMEOUT s"
         done
     done
 fi
