@@ -54,6 +54,16 @@ def _logits(model, tokens: torch.Tensor) -> torch.Tensor:
         return megatron_logits([model], tokens)
 
 
+@pytest.mark.parametrize("te", [False, True])
+def test_built_model_lives_on_the_gpu(te, megatron_world, monkeypatch):
+    """Every parameter and buffer on the GPU, qwenpt's own modules (norms) too: the first run on a GPU found
+    them left on the CPU, and DDP's first broadcast failed."""
+    if te and not _has_te():
+        pytest.skip("needs Transformer Engine")
+    model = _build(model_config("tiny"), torch.bfloat16, te=te, monkeypatch=monkeypatch)
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"cuda"}
+
+
 @needs_te
 @pytest.mark.parametrize("name", ["tiny", "tiny_moe"])
 def test_te_spec_logits_match_sdpa_spec(name, megatron_world, monkeypatch, tmp_path):
