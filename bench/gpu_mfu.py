@@ -137,6 +137,7 @@ def worker(args: argparse.Namespace) -> None:
     import logging
 
     import torch
+    from torch.autograd import DeviceType
 
     from qwenpt.metrics import read_metrics
     from qwenpt.training import Trainer
@@ -159,8 +160,9 @@ def worker(args: argparse.Namespace) -> None:
         result = {"step_times_s": times, "max_allocated_gib": max(peaks)}
         if profiler is not None:
             averages = profiler.key_averages()
-            # GPU busy: kernel time over the profiled steps' wall time (well below 1: the host, not the GPU, sets the pace)
-            kernels_s = sum(getattr(e, "self_device_time_total", 0) for e in averages) / 1e6
+            # GPU busy: kernel time over the profiled steps' wall time (far below 1: the host sets the pace).
+            # Kernels are their own (CUDA) events; a CPU op's device time repeats its kernels', as in torch's table
+            kernels_s = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA) / 1e6
             wall_s = sum(r["step_time_s"] for r in train[-args.profile:])
             result["gpu_busy"] = round(kernels_s / wall_s, 3) if wall_s else None
             key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
@@ -286,6 +288,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not 0 <= args.profile < args.steps - args.warmup:
+        ap.error(f"--profile {args.profile} must leave timed steps: at most --steps - --warmup - 1 = {args.steps - args.warmup - 1}")
 
     import torch
 
