@@ -216,6 +216,6 @@ def build_model(
         )
         if dca.enabled(model):  # evaluation-time Dual Chunk Attention with the model's own RoPE frequencies
             dca.attach(chunks[-1], model)
-        if torch.cuda.is_available():  # megatron-core puts its own layers there; ours (norms, buffers) follow, as Megatron-LM's get_model does
-            chunks[-1].cuda(torch.cuda.current_device())
+        if torch.cuda.is_available():  # megatron-core's layers are built there; ours (norms, buffers) follow,
+            chunks[-1].cuda(torch.cuda.current_device())  # as Megatron-LM's get_model moves them
     return chunks
