@@ -16,8 +16,9 @@ cache of merged words is warm after the first copy); the README gives both kinds
 - ``bare_hf`` (``--with-hf``): HF ``tokenizers`` ``encode_batch_fast`` the same way.
 - ``prepare``: ``python -m data_pipeline prepare`` as a user runs it (read, NFC, control
   characters, tokenize, write .bin/.idx, merge, manifest; cleaning in a thread, as the default
-  chooses for light cleaning); ``prepare_processes``: the same cleaning in one worker process per
-  core (``--workers``); ``prepare_detect``: with the language detected (``--lang-field ''``), which
+  chooses for light cleaning, NFC and control characters settled from the ids after tokenizing);
+  ``prepare_processes``: the same cleaning in one worker process per core (``--workers``), all of
+  it before tokenizing; ``prepare_detect``: with the language detected (``--lang-field ''``), which
   by default cleans in one process per core; ``prepare_detect_thread``: detected in a thread
   (``--workers 1``).
 - ``megatron_lm`` / ``megatron_lm_fast``: ``tools/preprocess_data.py`` (``--workers`` = cores) and

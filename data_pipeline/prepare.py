@@ -14,9 +14,10 @@ one. With dedup on, hashes of finished shards are reloaded in order; a shard aft
 redone too, so duplicates are judged against the same history either way.
 
 Within a shard, raw records (decompressed, framed by line) are parsed and cleaned in tasks by a
-thread of this process or by worker processes, deduplicated in input order, and tokenized here while
-the next tasks are cleaned (workers.py); each task's ids go out in one write per dataset. Outputs do
-not depend on the number of workers.
+thread of this process or by worker processes, deduplicated in input order, and tokenized while
+the next tasks are cleaned (workers.py; with a byte-level BPE that applies NFC, NFC and control
+characters are settled from the ids after tokenizing, bytelevel.py); each task's ids go out in one
+write per dataset. Outputs do not depend on the number of workers or on where cleaning was settled.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
 ends, however it ends) names the holder's PID.
 """
@@ -48,7 +49,8 @@ from data_pipeline.tokenizer import TextTokenizer
 from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
 from data_pipeline.neardedup import NearDedupConfig
 from data_pipeline.workers import (
-    Cleaned, TaskCleaner, Workers, auto_workers, background, heavy_cleaning, task_bytes, tasks_of, tokenize,
+    Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes, tasks_of,
+    tokenize, with_eod,
 )
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,15 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
     n_workers, why = (config.workers, "--workers") if config.workers else auto_workers(config.clean, config.lang_field)
     where = f"{n_workers} worker processes" if n_workers > 1 else "a thread of this process"
     log.info("parsing and cleaning in %s (%s); tokenizing here with %s", where, why, tokenizer.engine)
-    with Workers(TaskCleaner(reader, config.clean, staged, config.near_dedup), n_workers) as workers:
+    task_cleaner = TaskCleaner(reader, config.clean, staged, config.near_dedup)
+    # NFC and control characters settled from the ids after tokenizing, where that gives the same
+    # output (bytelevel.py): light cleaning in this process and a byte-level BPE that applies NFC.
+    defer = n_workers == 1 and not staged and config.near_dedup is None and cleaner.deferrable()
+    table = tokenizer.byte_table if defer else None
+    task_cleaner.cleaner.defer = table is not None
+    if table is not None:
+        log.info("NFC and control characters: checked from the token ids (the tokenizer applies NFC itself)")
+    with Workers(task_cleaner, n_workers) as workers:
         for i, path in enumerate(tasks.task_files(files, config)):
             shard_dir = out / "shards" / shard_name(path)
             result = None if redo_rest else _load_done(shard_dir, path, settings)
@@ -174,7 +184,9 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
                 if staged:
                     cleaner.seen = set()
                 progress.file(i, path, resumed=False)
-                result = _process_file(path, shard_dir, settings, reader, cleaner, tokenizer, workers, dtype, config, progress)
+                result = _process_file(
+                    path, shard_dir, settings, reader, cleaner, tokenizer, workers, dtype, config, progress, table
+                )
             else:
                 progress.file(i, path, resumed=True)
                 if config.clean.dedup:
@@ -246,7 +258,10 @@ def _process_file(
     dtype: type[np.number],
     config: PrepareConfig,
     progress: "_Progress",
+    table: np.ndarray | None,
 ) -> ShardResult:
+    """Clean, tokenize and write one input file into ``shard_dir``; ``table``: the tokenizer's
+    byte-level lookup when cleaning is deferred (workers.settle), else None."""
     if shard_dir.exists():
         shutil.rmtree(shard_dir)  # leftovers of an interrupted or stale run
     shard_dir.mkdir(parents=True)
@@ -258,8 +273,9 @@ def _process_file(
     try:
         heavy = bool(heavy_cleaning(config.clean, config.lang_field))
         cleaned = workers.map(tasks_of(reader, path, config.batch_docs, task_bytes(heavy)))
-        for batch in background(_kept(cleaned, cleaner, rejects, hashes, str(path))):
-            ids, lengths = tokenize(tokenizer, batch.texts, config.batch_docs)
+        batches = _tokenized(background(cleaned), table, cleaner, tokenizer, rejects, hashes, str(path), config)
+        for batch, ids, lengths in batches:
+            ids, lengths = with_eod(ids, lengths, tokenizer.eod)
             groups = batch.langs if config.group_by == "lang" else batch.sources
             for group, docs in _runs(groups):
                 writer = writers.get(group)
@@ -272,10 +288,15 @@ def _process_file(
             nbytes = batch.nbytes
             if per_doc is not None:
                 per_doc.add(batch, lengths, groups, str(path))
-            for lang, source, b, n in zip(batch.langs, batch.sources, nbytes, lengths.tolist()):
-                s = by_key[(lang, source)]
-                s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + n
-            progress.update(sum(nbytes), int(lengths.sum()), len(batch.lines))
+            n_bytes, n_tokens = sum(nbytes), int(lengths.sum())
+            if _uniform(batch.langs) and _uniform(batch.sources):  # the usual batch: one pass less per document
+                s = by_key[(batch.langs[0], batch.sources[0])]
+                s.documents, s.bytes, s.tokens = s.documents + len(nbytes), s.bytes + n_bytes, s.tokens + n_tokens
+            else:
+                for lang, source, b, n in zip(batch.langs, batch.sources, nbytes, lengths.tolist()):
+                    s = by_key[(lang, source)]
+                    s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + n
+            progress.update(n_bytes, n_tokens, len(batch.lines))
         for writer in writers.values():
             writer.commit()
     except BaseException:
@@ -300,30 +321,49 @@ def _process_file(
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
 
 
-def _kept(
-    batches: Iterator[Cleaned], cleaner: Cleaner, rejects: Rejects, hashes: list[int], file: str
-) -> Iterator[Cleaned]:
-    """Each non-empty batch after counting its drops and (with dedup) removing the documents seen
-    before in this run, counted as ``duplicate``: in input order, whatever the number of workers."""
-    for batch in batches:
-        for drop in batch.drops:
-            rejects.add(*drop)
-        if cleaner.config.dedup:
-            keep = [cleaner.dedup(h, hashes) for h in batch.hashes.tolist()]
-            if not all(keep):
-                for i, k in enumerate(keep):
-                    if not k:
-                        rejects.add("duplicate", file, batch.lines[i], batch.texts[i], batch.langs[i], batch.sources[i])
-                batch = batch.select(keep)
-        if batch.lines:
-            yield batch
+def _tokenized(
+    batches: Iterator[Cleaned], table: np.ndarray | None, cleaner: Cleaner, tokenizer: TextTokenizer, rejects: Rejects,
+    hashes: list[int], file: str, config: PrepareConfig,
+) -> Iterator[tuple[Cleaned, np.ndarray, np.ndarray]]:
+    """Each batch that keeps a document, with its ids and lengths, its drops counted here, in input
+    order. Cleaning deferred (``table``): tokenized and settled in a thread of its own (the engine
+    releases the GIL), so that writing batch n overlaps tokenizing batch n+1; otherwise duplicates
+    go before tokenizing, here."""
+    if table is None:
+        for batch in batches:
+            if (kept := _kept(batch, cleaner, rejects, hashes, file)) is not None:
+                yield kept, *tokenize(tokenizer, kept.texts, config.batch_docs)
+        return
+
+    def settled() -> Iterator[tuple[Cleaned, np.ndarray, np.ndarray]]:
+        for batch, ids, lengths in encoded(batches, tokenizer, config.batch_docs):
+            yield settle(batch, ids, lengths, table, cleaner, tokenizer, file, config.batch_docs)
+
+    for batch, ids, lengths in background(settled(), name="tokenize"):
+        if (kept := _kept(batch, cleaner, rejects, hashes, file)) is not None:
+            yield kept, ids, lengths
+
+
+def _kept(batch: Cleaned, cleaner: Cleaner, rejects: Rejects, hashes: list[int], file: str) -> Cleaned | None:
+    """The batch after counting its drops and (with dedup) removing the documents seen before in
+    this run, counted as ``duplicate``; None when nothing is left. In input order, on this thread,
+    whatever the number of workers."""
+    for drop in batch.drops:
+        rejects.add(*drop)
+    if cleaner.config.dedup:
+        keep = [cleaner.dedup(h, hashes) for h in batch.hashes.tolist()]
+        if not all(keep):
+            for i, k in enumerate(keep):
+                if not k:
+                    rejects.add("duplicate", file, batch.lines[i], batch.texts[i], batch.langs[i], batch.sources[i])
+            batch = batch.select(keep)
+    return batch if batch.lines else None
 
 
 def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
     """Each distinct group of a batch with a mask of its documents (None: the whole batch)."""
-    first = groups[0]
-    if all(g == first for g in groups):
-        return [(first, None)]
+    if _uniform(groups):
+        return [(groups[0], None)]
     out: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         out[g].append(i)
@@ -333,6 +373,10 @@ def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
         mask[idx] = True
         masks.append((g, mask))
     return masks
+
+
+def _uniform(values: list[str]) -> bool:
+    return values.count(values[0]) == len(values)
 
 
 def _write_atomic(path: Path, text: str) -> None:

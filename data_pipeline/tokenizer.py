@@ -15,6 +15,7 @@ loading HF's tokenizer) happens once. Anything an engine cannot load falls back 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -99,7 +100,18 @@ class TextTokenizer:
 
     def __getstate__(self) -> dict:
         """Picklable (megatron-core's datasets hold the tokenizer): engines reload on first use."""
-        return {**self.__dict__, "_encode": None, "_hf": None, "_hf_ordinary": None}
+        state = {**self.__dict__, "_encode": None, "_hf": None, "_hf_ordinary": None}
+        state.pop("byte_table", None)
+        return state
+
+    @functools.cached_property
+    def byte_table(self) -> np.ndarray | None:
+        """Per id, its bytes and control-character flags (:mod:`data_pipeline.bytelevel`), proven on
+        probe texts with this engine and cached; None unless this is a byte-level BPE with NFC."""
+        from data_pipeline import bytelevel
+
+        folder = self.ordinary_path.parent
+        return bytelevel.table(folder, self.ordinary_path, self.vocab_size, self.encode_flat, probe_texts())
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -9,6 +9,13 @@ in the parent: the engines release the GIL and run their own threads over one sh
 merged words, which separate processes would each rebuild (+58 % tokenizer CPU on the Debian
 benchmark corpus). So the parent's cleaning thread (:func:`background`) and the tokenizer overlap.
 
+With light cleaning in a thread and a byte-level BPE that applies NFC itself (Qwen's, the bundled
+one), NFC and control characters are settled after tokenizing (:attr:`Cleaner.defer`,
+:func:`settle`, bytelevel.py): the engine normalises anyway, the ids give each document's UTF-8
+length and flag the few documents that hold a control character, which alone are cleaned in full
+and tokenized again. That takes three passes per document off the cleaning thread; tokenizing and
+settling then run in a thread of their own while this one writes.
+
 Cleaning runs in one thread of this process (``workers`` = 1), or, when it is heavy (language
 detection, quality filters), in ``workers`` processes, a bounded number of tasks in flight (memory
 stays flat); outputs never depend on the number. On Linux the workers are forked; elsewhere
@@ -30,13 +37,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from data_pipeline import bytelevel
 from data_pipeline.clean import CleanConfig, Cleaner, content_hash
 from data_pipeline.neardedup import NearDedupConfig, signatures
-from data_pipeline.readers import Drops, Reader
+from data_pipeline.readers import Drops, Reader, Record
 from data_pipeline.tokenizer import TextTokenizer
 
 T = TypeVar("T")
@@ -88,7 +96,7 @@ class Cleaned:
     strings would encode them again."""
 
     texts: list[str]
-    nbytes: list[int]  # UTF-8 bytes of each text
+    nbytes: list[int]  # UTF-8 bytes of each text (cleaning deferred: 0 until settle() counts them from the ids)
     lines: list[int]
     langs: list[str]
     sources: list[str]
@@ -151,11 +159,75 @@ class TaskCleaner:
 
 
 def tokenize(tokenizer: TextTokenizer, texts: list[str], batch_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of ``texts`` back to back, each followed by end-of-document, and each one's length (with it)."""
+    """Ids of ``texts`` back to back and each one's length."""
     parts = [tokenizer.encode_flat(texts[i : i + batch_docs]) for i in range(0, len(texts), batch_docs)]
-    ids = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    lengths = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-    return np.insert(ids, np.cumsum(lengths), tokenizer.eod), lengths + 1
+    if not parts:
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def with_eod(ids: np.ndarray, lengths: np.ndarray, eod: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each document followed by end-of-document, and the lengths with it."""
+    return np.insert(ids, np.cumsum(lengths), eod), lengths + 1
+
+
+def encoded(
+    batches: Iterator[Cleaned], tokenizer: TextTokenizer, batch_docs: int
+) -> Iterator[tuple[Cleaned, np.ndarray | None, np.ndarray | None]]:
+    """Each batch with its ids and lengths, or None for both where the engine refused a text (a lone
+    surrogate such as "\\ud800", which only json's fallback parser lets through): :func:`settle`
+    cleans that batch in full first."""
+    for batch in batches:
+        try:
+            yield batch, *tokenize(tokenizer, batch.texts, batch_docs)
+        except (UnicodeEncodeError, TypeError):  # fastokens / HF tokenizers on a lone surrogate
+            yield batch, None, None
+
+
+def settle(
+    batch: Cleaned, ids: np.ndarray | None, lengths: np.ndarray | None, table: np.ndarray, cleaner: Cleaner,
+    tokenizer: TextTokenizer, file: str, batch_docs: int,
+) -> tuple[Cleaned, np.ndarray, np.ndarray]:
+    """Finish the cleaning that :attr:`Cleaner.defer` left to after tokenizing, from the ids: each
+    document's UTF-8 length (bytelevel.scan), and those whose ids may hold a control character
+    cleaned in full, then tokenized again where that changed them, or dropped (added to the batch's
+    drops, in line order). The result equals cleaning every document first (tested)."""
+    if ids is None or lengths is None:
+        suspects: Iterable[int] = range(len(batch.texts))
+    else:
+        nbytes, found = bytelevel.scan(table, ids, lengths)
+        batch.nbytes = nbytes.tolist()
+        if not len(found):
+            return batch, ids, lengths
+        suspects = found.tolist()
+    keep = [True] * len(batch.texts)
+    changed: set[int] = set()
+    for i in suspects:
+        cleaned = cleaner.clean_fully(Record(batch.texts[i], batch.langs[i], batch.sources[i], file, batch.lines[i]))
+        if isinstance(cleaned, tuple):
+            batch.drops.add(*cleaned)
+            keep[i] = False
+            continue
+        batch.nbytes[i] = len(cleaned.utf8)
+        if cleaned.text != batch.texts[i]:
+            batch.texts[i] = cleaned.text
+            changed.add(i)
+    if not all(keep):
+        batch.drops.sort(key=lambda drop: drop[2])  # by line, as cleaning first would have listed them
+    if ids is None or lengths is None:  # nothing was tokenized: all of it now
+        batch = batch.select(keep)
+        return batch, *tokenize(tokenizer, batch.texts, batch_docs)
+    if not changed and all(keep):
+        return batch, ids, lengths
+    order = sorted(changed)
+    new_ids, new_lengths = tokenize(tokenizer, [batch.texts[i] for i in order], batch_docs)
+    new = dict(zip(order, np.split(new_ids, np.cumsum(new_lengths)[:-1]))) if order else {}
+    ends = np.cumsum(lengths).tolist()
+    parts = [new[i] if i in new else ids[e - n : e] for i, (e, n) in enumerate(zip(ends, lengths.tolist())) if keep[i]]
+    lengths = np.array([len(p) for p in parts], np.int64)
+    return batch.select(keep), np.concatenate(parts) if parts else ids[:0], lengths
 
 
 def tasks_of(reader: Reader, path: Path, batch_docs: int, max_bytes: int = TASK_BYTES) -> Iterator[Task]:

@@ -196,6 +196,49 @@ def test_cleaning_normalises_strips_dedups_filters_and_detects(tmp_path, tokeniz
     assert filtered.drops_by_reason() == {"language_filtered": 5}
 
 
+@pytest.mark.parametrize("name", ["bundled", "qwen2"])
+def test_cleaning_settled_from_token_ids_equals_cleaning_first(tmp_path, monkeypatch, caplog, name):
+    """Light cleaning settled after tokenizing (NFC by the tokenizer, controls and byte counts from
+    the ids, workers.settle) against cleaning every document first: byte-identical datasets, manifest
+    and rejects log, over controls of every kind (a C1 split over two ids), decomposed text, a document
+    only stripping empties, a lone surrogate, a language filter, and batches of mixed languages."""
+    docs = [dict(d, lang=lang) for lang in ("en", "de", "ja") for d in corpus_docs(lang, 5)]
+    crafted = [
+        {"text": "Bell\x07 nul\x00 esc\x1b[0m del\x7f stay; tab\tand newline\n ok", "lang": "en"},
+        {"text": "C1: next line\x85here, csi\x9b[0m, \x9f end", "lang": "de"},
+        {"text": "Cafe\u0301 cre\u0300me, A\u030a \u212b \u1e9b\u0323 (decomposed)", "lang": "fr"},
+        {"text": "\x00\x07 \x1b\t", "lang": "en"},  # blank once stripped: empty_document
+        {"text": "\x1c\x85 ", "lang": "en"},  # blank as read (these controls are whitespace)
+        {"text": "Â\x80 whole C1 in one id, and quote <|endoftext|> as text", "lang": "ja"},
+        {"text": "an excluded language", "lang": "xx"},
+    ]
+    records = [json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in docs[:7] + crafted + docs[7:]]
+    records.insert(9, b'{"text": "lone \\ud800 surrogate", "lang": "en"}\n')  # json's parser lets it through
+    src = tmp_path / "c.jsonl"
+    src.write_bytes(b"".join(records))
+    tokenizer = "qwen2" if name == "qwen2" else str(BUNDLED_TOKENIZER)
+    clean = CleanConfig(languages=("en", "de", "ja", "fr"))
+
+    def run(out: str) -> Manifest:
+        return prepare(PrepareConfig(inputs=(str(src),), output=str(tmp_path / out), tokenizer=tokenizer,
+                                     clean=clean, batch_docs=4, progress=False))
+
+    with caplog.at_level("INFO", logger="data_pipeline.prepare"):
+        settled = run("settled")
+    assert "checked from the token ids" in caplog.text
+    monkeypatch.setattr("data_pipeline.clean.Cleaner.deferrable", lambda self: False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="data_pipeline.prepare"):
+        first = run("first")
+    assert "checked from the token ids" not in caplog.text
+    assert _tree(tmp_path / "settled") == _tree(tmp_path / "first")
+    assert settled.drops_by_reason() == {"empty_document": 2, "invalid_utf8": 1, "language_filtered": 1}
+    kept = [unicodedata.normalize("NFC", r["text"]) for r in docs + crafted[:3] + crafted[5:6]]
+    kept = ["".join(c for c in t if c in "\t\n\r" or not (ord(c) < 32 or 127 <= ord(c) < 160)) for t in kept]
+    assert settled.total("bytes") == sum(len(t.encode()) for t in kept)
+    assert settled.total("documents") == len(kept) == 19
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

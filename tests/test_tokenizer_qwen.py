@@ -179,3 +179,56 @@ def test_data_config_names_a_qwen_tokenizer_and_real_vocabularies_default_to_qwe
     assert load_tokenizer(tiny.data, tiny.model.vocab_size).path == BUNDLED_TOKENIZER
     with pytest.raises(ConfigError, match="data.tokenizer: qwen9 is neither a tokenizer.json nor a directory holding one, nor one of qwen2, qwen2.5, qwen3"):
         validate(compose_cfg("data.tokenizer=qwen9"))
+
+
+CONTROLS = ["nul\x00", "bell\x07 esc\x1b[0m", "del\x7f", "nel\x85 split", "csi\x9b[0m", "Â\x80 whole", "\x9f",
+            "unit\x1fsep"]
+
+
+@pytest.mark.parametrize("name", ["qwen2", "bundled"])
+def test_byte_table_gives_nfc_utf8_length_and_finds_every_control_character(name):
+    """From the ids alone (bytelevel.scan): each document's UTF-8 length after NFC, on the sample, the
+    engine fuzz and decomposed text; every document holding a C0/DEL/C1 control flagged (a C1 is
+    split over two ids by both tokenizers: the pair is what finds it), and no clean document flagged."""
+    from data_pipeline import bytelevel
+
+    tok = TextTokenizer("qwen2" if name == "qwen2" else BUNDLED_TOKENIZER)
+    table = tok.byte_table
+    assert table is not None and table.dtype == np.uint16
+    assert tok.encode("\x85") == [tok.encode("\x85")[0], tok.encode("\x85")[1]]  # the split case exists
+    decomposed = ["Cafe\u0301 cre\u0300me", "A\u030a \u212b \u1e9b\u0323", "\u0344\ufb2c"]
+    clean = [t for t in sample_texts() + probe_texts(n_random=1000, seed=2) + decomposed
+             if not bytelevel.has_control(unicodedata.normalize("NFC", t).encode())]
+    texts = clean + CONTROLS
+    ids, lengths = tok.encode_flat(texts)
+    nbytes, suspects = bytelevel.scan(table, ids, lengths)
+    assert nbytes.tolist() == [len(unicodedata.normalize("NFC", t).encode()) for t in texts]
+    assert suspects.tolist() == list(range(len(clean), len(texts)))
+    for i, t in enumerate(CONTROLS):  # alone too (a document of one split character)
+        assert bytelevel.scan(table, *tok.encode_flat([t]))[1].tolist() == [0], t
+
+
+def test_byte_table_only_for_byte_level_bpe_with_nfc_and_only_once_proven(tmp_path, monkeypatch):
+    """Another normaliser (here none) gives no table, so prepare cleans first; a table that misstates
+    one id fails its proof; the verdict is cached with the tokenizer."""
+    from data_pipeline import bytelevel
+
+    monkeypatch.setenv("QWENPT_CACHE", str(tmp_path / "cache"))
+    spec = json.loads(BUNDLED_TOKENIZER.read_text())
+    spec["normalizer"] = None
+    (tmp_path / "plain.json").write_text(json.dumps(spec))
+    plain = TextTokenizer(tmp_path / "plain.json")
+    assert plain.byte_table is None
+    assert json.loads((plain.ordinary_path.parent / "bytelevel.json").read_text()) == {"exact": False}
+
+    tok = TextTokenizer(BUNDLED_TOKENIZER)
+    table = tok.byte_table
+    assert bytelevel.prove(table, tok.encode_flat, probe_texts())
+    wrong = table.copy()
+    wrong[np.bincount(tok.encode_flat(probe_texts())[0]).argmax()] += 1  # the commonest id one byte off
+    assert not bytelevel.prove(wrong, tok.encode_flat, probe_texts())
+    blind = table & ~np.uint16(bytelevel.CONTROL)  # an id holding a control no longer flagged
+    assert not bytelevel.prove(blind, tok.encode_flat, probe_texts())
+    assert np.array_equal(TextTokenizer(BUNDLED_TOKENIZER).byte_table, table)  # from the cache
+    copy = pickle.loads(pickle.dumps(tok))
+    assert np.array_equal(copy.byte_table, table)
