@@ -173,8 +173,11 @@ def merge_indexed_datasets(prefix: str | Path, parts: Sequence[str | Path], dtyp
             for ext in (".bin", ".idx"):
                 Path(f"{tmp}{ext}").unlink(missing_ok=True)
                 os.link(f"{parts[0]}{ext}", f"{tmp}{ext}")
-            os.replace(f"{tmp}.bin", f"{prefix}.bin")
-            os.replace(f"{tmp}.idx", f"{prefix}.idx")
+            for ext in (".bin", ".idx"):
+                os.replace(f"{tmp}{ext}", f"{prefix}{ext}")
+                # rename() does nothing when both names are links to one file (a rerun that kept this
+                # shard): the temporary name would stay behind, one dataset's size on every rerun
+                Path(f"{tmp}{ext}").unlink(missing_ok=True)
             return prefix
         except OSError:  # no hard links on this file system: copy below
             for ext in (".bin", ".idx"):

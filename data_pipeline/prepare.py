@@ -13,9 +13,10 @@ settings, so an interrupted run resumes where it stopped and ends byte-identical
 one. With dedup on, hashes of finished shards are reloaded in order; a shard after a redone one is
 redone too, so duplicates are judged against the same history either way.
 
-Within a shard, raw records (decompressed, framed by line) are parsed and cleaned in tasks by a
-thread of this process or by worker processes, deduplicated in input order, and tokenized while
-the next tasks are cleaned (workers.py; with a byte-level BPE that applies NFC, NFC and control
+Raw records (decompressed, framed by line) of every file to (re)do flow as one stream of tasks,
+each file closed by an end marker, so the next file is read while this one's shard is written. They
+are parsed and cleaned by a thread of this process or by worker processes, deduplicated in input
+order, and tokenized while the next tasks are cleaned (workers.py; with a byte-level BPE that applies NFC, NFC and control
 characters are settled from the ids after tokenizing, bytelevel.py); each task's ids go out in one
 write per dataset. Outputs do not depend on the number of workers or on where cleaning was settled.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
@@ -49,7 +50,7 @@ from data_pipeline.tokenizer import TextTokenizer
 from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
 from data_pipeline.neardedup import NearDedupConfig
 from data_pipeline.workers import (
-    Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes, tasks_of,
+    Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes, tasks_of_files,
     tokenize, with_eod,
 )
 
@@ -160,7 +161,6 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
         return done
 
     results: list[tuple[str, ShardResult]] = []
-    redo_rest = False
     progress = _Progress(len(files), enabled=config.progress)
     t0 = time.perf_counter()
     staged = tasks.is_staged(config)  # issue 17: each shard depends on its file alone; merge decides the rest
@@ -175,23 +175,32 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
     task_cleaner.cleaner.defer = table is not None
     if table is not None:
         log.info("NFC and control characters: checked from the token ids (the tokenizer applies NFC itself)")
+    # Which shards to (re)do, decided now: a finished shard is kept unless dedup redid one before it
+    # (its duplicates depend on every earlier shard).
+    plan: list[tuple[Path, Path, ShardResult | None]] = []
+    redo_rest = False
+    for path in tasks.task_files(files, config):
+        shard_dir = out / "shards" / shard_name(path)
+        result = None if redo_rest else _load_done(shard_dir, path, settings)
+        redo_rest = redo_rest or (result is None and config.clean.dedup and not staged)
+        plan.append((path, shard_dir, result))
+    heavy = bool(heavy_cleaning(config.clean, config.lang_field))
     with Workers(task_cleaner, n_workers) as workers:
-        for i, path in enumerate(tasks.task_files(files, config)):
-            shard_dir = out / "shards" / shard_name(path)
-            result = None if redo_rest else _load_done(shard_dir, path, settings)
-            if result is None:
-                redo_rest = config.clean.dedup and not staged  # later shards' duplicates depend on this one
-                if staged:
-                    cleaner.seen = set()
-                progress.file(i, path, resumed=False)
-                result = _process_file(
-                    path, shard_dir, settings, reader, cleaner, tokenizer, workers, dtype, config, progress, table
-                )
-            else:
-                progress.file(i, path, resumed=True)
-                if config.clean.dedup:
+        todo = [path for path, _, result in plan if result is None]
+        stream = _batches(workers.map(tasks_of_files(reader, todo, config.batch_docs, task_bytes(heavy))), table,
+                          cleaner, tokenizer, config.batch_docs)
+        try:
+            for i, (path, shard_dir, result) in enumerate(plan):
+                progress.file(i, path, resumed=result is not None)
+                if result is None:
+                    if staged:
+                        cleaner.seen = set()
+                    result = _process_file(path, shard_dir, settings, cleaner, tokenizer, stream, dtype, config, progress)
+                elif config.clean.dedup:
                     cleaner.seen.update(int(h) for h in result.hashes)
-            results.append((shard_dir.relative_to(out).as_posix(), result))
+                results.append((shard_dir.relative_to(out).as_posix(), result))
+        finally:
+            stream.close()  # stops the parsing and tokenizing threads, after an error too
         progress.close()
 
     if staged:
@@ -251,17 +260,15 @@ def _process_file(
     path: Path,
     shard_dir: Path,
     settings: str,
-    reader: Reader,
     cleaner: Cleaner,
     tokenizer: TextTokenizer,
-    workers: Workers,
+    stream: Iterator[tuple[Cleaned, np.ndarray | None, np.ndarray | None]],
     dtype: type[np.number],
     config: PrepareConfig,
     progress: "_Progress",
-    table: np.ndarray | None,
 ) -> ShardResult:
-    """Clean, tokenize and write one input file into ``shard_dir``; ``table``: the tokenizer's
-    byte-level lookup when cleaning is deferred (workers.settle), else None."""
+    """Write one input file's batches, taken from the run's ``stream`` (:func:`_batches`) up to the
+    file's end marker, into ``shard_dir``."""
     if shard_dir.exists():
         shutil.rmtree(shard_dir)  # leftovers of an interrupted or stale run
     shard_dir.mkdir(parents=True)
@@ -271,32 +278,16 @@ def _process_file(
     writers: dict[str, IndexedWriter] = {}
     per_doc = tasks.shard_docs(config)  # issue 17: per-document records (+ MinHash) of a staged run; else None
     try:
-        heavy = bool(heavy_cleaning(config.clean, config.lang_field))
-        cleaned = workers.map(tasks_of(reader, path, config.batch_docs, task_bytes(heavy)))
-        batches = _tokenized(background(cleaned), table, cleaner, tokenizer, rejects, hashes, str(path), config)
-        for batch, ids, lengths in batches:
-            ids, lengths = with_eod(ids, lengths, tokenizer.eod)
-            groups = batch.langs if config.group_by == "lang" else batch.sources
-            for group, docs in _runs(groups):
-                writer = writers.get(group)
-                if writer is None:
-                    writer = writers[group] = IndexedWriter(shard_dir / group_filename(group), dtype)
-                if docs is None:
-                    writer.add_batch(ids, lengths)
-                else:
-                    writer.add_batch(ids[np.repeat(docs, lengths)], lengths[docs])
-            nbytes = batch.nbytes
-            if per_doc is not None:
-                per_doc.add(batch, lengths, groups, str(path))
-            n_bytes, n_tokens = sum(nbytes), int(lengths.sum())
-            if _uniform(batch.langs) and _uniform(batch.sources):  # the usual batch: one pass less per document
-                s = by_key[(batch.langs[0], batch.sources[0])]
-                s.documents, s.bytes, s.tokens = s.documents + len(nbytes), s.bytes + n_bytes, s.tokens + n_tokens
-            else:
-                for lang, source, b, n in zip(batch.langs, batch.sources, nbytes, lengths.tolist()):
-                    s = by_key[(lang, source)]
-                    s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + n
-            progress.update(n_bytes, n_tokens, len(batch.lines))
+        for batch, ids, lengths in stream:
+            if batch.file != str(path):
+                raise RuntimeError(f"internal error: a batch of {batch.file} arrived while writing {path}")
+            last = batch.last
+            if (kept := _kept(batch, cleaner, rejects, hashes, str(path))) is not None:
+                _write_batch(kept, ids, lengths, tokenizer, config, shard_dir, dtype, writers, by_key, per_doc, progress)
+            if last:
+                break
+        else:
+            raise RuntimeError(f"internal error: the batches ended before the end of {path}")
         for writer in writers.values():
             writer.commit()
     except BaseException:
@@ -321,27 +312,58 @@ def _process_file(
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
 
 
-def _tokenized(
-    batches: Iterator[Cleaned], table: np.ndarray | None, cleaner: Cleaner, tokenizer: TextTokenizer, rejects: Rejects,
-    hashes: list[int], file: str, config: PrepareConfig,
-) -> Iterator[tuple[Cleaned, np.ndarray, np.ndarray]]:
-    """Each batch that keeps a document, with its ids and lengths, its drops counted here, in input
-    order. Cleaning deferred (``table``): tokenized and settled in a thread of its own (the engine
-    releases the GIL), so that writing batch n overlaps tokenizing batch n+1; otherwise duplicates
-    go before tokenizing, here."""
+def _batches(
+    cleaned: Iterator[Cleaned], table: np.ndarray | None, cleaner: Cleaner, tokenizer: TextTokenizer, batch_docs: int
+) -> Iterator[tuple[Cleaned, np.ndarray | None, np.ndarray | None]]:
+    """The run's batches, file after file, parsed and cleaned a few tasks ahead in a thread (or by
+    the worker processes). Cleaning deferred (``table``): also tokenized and settled in a thread of
+    their own (the engine releases the GIL), so writing batch n overlaps tokenizing batch n+1, across
+    files too; else ids None: duplicates go first, then tokenizing, on the caller's thread."""
+    parsed = background(cleaned)
     if table is None:
-        for batch in batches:
-            if (kept := _kept(batch, cleaner, rejects, hashes, file)) is not None:
-                yield kept, *tokenize(tokenizer, kept.texts, config.batch_docs)
+        try:
+            for batch in parsed:
+                yield batch, None, None
+        finally:
+            parsed.close()
         return
 
     def settled() -> Iterator[tuple[Cleaned, np.ndarray, np.ndarray]]:
-        for batch, ids, lengths in encoded(batches, tokenizer, config.batch_docs):
-            yield settle(batch, ids, lengths, table, cleaner, tokenizer, file, config.batch_docs)
+        for batch, ids, lengths in encoded(parsed, tokenizer, batch_docs):
+            yield settle(batch, ids, lengths, table, cleaner, tokenizer, batch_docs)
 
-    for batch, ids, lengths in background(settled(), name="tokenize"):
-        if (kept := _kept(batch, cleaner, rejects, hashes, file)) is not None:
-            yield kept, ids, lengths
+    yield from background(settled(), name="tokenize")  # closing it stops both threads
+
+
+def _write_batch(
+    batch: Cleaned, ids: np.ndarray | None, lengths: np.ndarray | None, tokenizer: TextTokenizer, config: PrepareConfig,
+    shard_dir: Path, dtype: type[np.number], writers: dict[str, IndexedWriter], by_key: dict, per_doc, progress: "_Progress",
+) -> None:
+    """Tokenize (unless done) and write one batch of kept documents; count them."""
+    if ids is None or lengths is None:
+        ids, lengths = tokenize(tokenizer, batch.texts, config.batch_docs)
+    ids, lengths = with_eod(ids, lengths, tokenizer.eod)
+    groups = batch.langs if config.group_by == "lang" else batch.sources
+    for group, docs in _runs(groups):
+        writer = writers.get(group)
+        if writer is None:
+            writer = writers[group] = IndexedWriter(shard_dir / group_filename(group), dtype)
+        if docs is None:
+            writer.add_batch(ids, lengths)
+        else:
+            writer.add_batch(ids[np.repeat(docs, lengths)], lengths[docs])
+    nbytes = batch.nbytes
+    if per_doc is not None:
+        per_doc.add(batch, lengths, groups, batch.file)
+    n_bytes, n_tokens = sum(nbytes), int(lengths.sum())
+    if _uniform(batch.langs) and _uniform(batch.sources):  # the usual batch: one pass less per document
+        s = by_key[(batch.langs[0], batch.sources[0])]
+        s.documents, s.bytes, s.tokens = s.documents + len(nbytes), s.bytes + n_bytes, s.tokens + n_tokens
+    else:
+        for lang, source, b, n in zip(batch.langs, batch.sources, nbytes, lengths.tolist()):
+            s = by_key[(lang, source)]
+            s.documents, s.bytes, s.tokens = s.documents + 1, s.bytes + b, s.tokens + n
+    progress.update(n_bytes, n_tokens, len(batch.lines))
 
 
 def _kept(batch: Cleaned, cleaner: Cleaner, rejects: Rejects, hashes: list[int], file: str) -> Cleaned | None:

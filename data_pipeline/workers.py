@@ -87,6 +87,7 @@ class Task:
     file: str
     units: list  # (line, raw record) pairs of Reader.units
     damage: Drops | None = None  # the file's damage, found while framing it: after these records (last task)
+    last: bool = False  # the file's end: no records; its Cleaned tells the parent the file is done
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Cleaned:
     sigs: np.ndarray | None  # MinHash signatures (near-dedup)
     drops: Drops  # rejects, in order
     utf8: list[bytes] | None = None  # each text in UTF-8, where cleaning made them
+    file: str = ""  # the input file
+    last: bool = False  # the file's end marker (no documents): every batch of the file came before
 
     def __getstate__(self) -> dict:
         state = {**vars(self), "texts": None, "utf8": None}
@@ -125,6 +128,7 @@ class Cleaned:
         return Cleaned(
             pick(self.texts), pick(self.nbytes), pick(self.lines), pick(self.langs), pick(self.sources),
             None if self.hashes is None else self.hashes[mask], None if self.sigs is None else self.sigs[mask], self.drops,
+            file=self.file, last=self.last,
         )
 
 
@@ -154,7 +158,7 @@ class TaskCleaner:
             texts, [len(b) for b in utf8], lines, langs, sources,
             np.fromiter(map(content_hash, texts), np.uint64, len(texts)) if self.hashes else None,
             signatures(texts, langs, self.near_dedup) if self.near_dedup is not None else None,
-            drops, utf8,
+            drops, utf8, task.file, task.last,
         )
 
 
@@ -188,7 +192,7 @@ def encoded(
 
 def settle(
     batch: Cleaned, ids: np.ndarray | None, lengths: np.ndarray | None, table: np.ndarray, cleaner: Cleaner,
-    tokenizer: TextTokenizer, file: str, batch_docs: int,
+    tokenizer: TextTokenizer, batch_docs: int,
 ) -> tuple[Cleaned, np.ndarray, np.ndarray]:
     """Finish the cleaning that :attr:`Cleaner.defer` left to after tokenizing, from the ids: each
     document's UTF-8 length (bytelevel.scan), and those whose ids may hold a control character
@@ -205,7 +209,7 @@ def settle(
     keep = [True] * len(batch.texts)
     changed: set[int] = set()
     for i in suspects:
-        cleaned = cleaner.clean_fully(Record(batch.texts[i], batch.langs[i], batch.sources[i], file, batch.lines[i]))
+        cleaned = cleaner.clean_fully(Record(batch.texts[i], batch.langs[i], batch.sources[i], batch.file, batch.lines[i]))
         if isinstance(cleaned, tuple):
             batch.drops.add(*cleaned)
             keep[i] = False
@@ -245,6 +249,14 @@ def tasks_of(reader: Reader, path: Path, batch_docs: int, max_bytes: int = TASK_
             units, size = [], 0
     if units or damage:
         yield Task(str(path), units, damage)
+
+
+def tasks_of_files(reader: Reader, paths: list[Path], batch_docs: int, max_bytes: int = TASK_BYTES) -> Iterator[Task]:
+    """:func:`tasks_of` each of ``paths`` in turn, each file closed by a ``last`` task: one stream for
+    the whole run, so parsing and tokenizing the next file overlap writing this one."""
+    for path in paths:
+        yield from tasks_of(reader, path, batch_docs, max_bytes)
+        yield Task(str(path), [], last=True)
 
 
 def background(items: Iterator[T], depth: int = 4, name: str = "clean") -> Iterator[T]:

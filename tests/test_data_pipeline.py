@@ -61,7 +61,8 @@ def write_jsonl(path: Path, records: list, compress: str | None = None) -> Path:
 
 def run_prepare(out: Path, *inputs: Path, **kw) -> Manifest:
     kw.setdefault("progress", False)
-    return prepare(PrepareConfig(inputs=tuple(map(str, inputs)), output=str(out), tokenizer=str(BUNDLED_TOKENIZER), **kw))
+    kw.setdefault("tokenizer", str(BUNDLED_TOKENIZER))
+    return prepare(PrepareConfig(inputs=tuple(map(str, inputs)), output=str(out), **kw))
 
 
 def test_mixed_corpus_token_counts_and_ids_are_exact(tmp_path, tokenizer):
@@ -231,7 +232,7 @@ def test_cleaning_settled_from_token_ids_equals_cleaning_first(tmp_path, monkeyp
     with caplog.at_level("INFO", logger="data_pipeline.prepare"):
         first = run("first")
     assert "checked from the token ids" not in caplog.text
-    assert _tree(tmp_path / "settled") == _tree(tmp_path / "first")
+    assert _tree(tmp_path / "settled") == _tree(tmp_path / "first") and first.table == settled.table
     assert settled.drops_by_reason() == {"empty_document": 2, "invalid_utf8": 1, "language_filtered": 1}
     kept = [unicodedata.normalize("NFC", r["text"]) for r in docs + crafted[:3] + crafted[5:6]]
     kept = ["".join(c for c in t if c in "\t\n\r" or not (ord(c) < 32 or 127 <= ord(c) < 160)) for t in kept]
@@ -263,8 +264,9 @@ def test_interrupted_run_resumes_to_byte_identical_outputs(tmp_path):
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
     proc = subprocess.Popen([*cmd, "-o", str(out1)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        fd = _open_fifo_for_writing(fifo, proc)  # returns once the run has finished a and opened b
+        fd = _open_fifo_for_writing(fifo, proc)  # returns once the run has opened b (reading runs ahead of writing)
         os.write(fd, "".join(b_lines[:5]).encode())
+        _wait_for(lambda: any((out1 / "shards").glob("b-*")), proc)  # a written, b begun
         shard_b = next((out1 / "shards").glob("b-*"))
         _wait_for(lambda: any(p.stat().st_size > 0 for p in shard_b.glob(".*.tmp*.bin")), proc)
         workers = _children(proc.pid)
@@ -338,6 +340,45 @@ def test_rerun_redoes_only_changed_inputs(tmp_path):
     changed = {name for name in stamp if stamp[name] != after[name]}
     assert changed == {next(n for n in stamp if n.startswith("b-"))}
     assert m.groups()["pt"]["documents"] == 4 and IndexedDataset(str(out / "pt")).sequence_lengths.size == 4
+
+
+def test_many_small_files_stream_through_one_pipeline(tmp_path, monkeypatch):
+    """Ten languages' files, an empty one, one of bad records only and a truncated one go through
+    one stream of batches (parsing and tokenizing run ahead into the next file while this one is
+    written): each shard holds exactly its file, the same with cleaning settled after tokenizing,
+    cleaning first, or cleaning in worker processes; a rerun after one shard is lost redoes that
+    file alone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in SAMPLE_DIR.glob("*.jsonl.gz"):
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / "empty.jsonl").write_bytes(b"")
+    (src / "bad.jsonl").write_bytes(b'{"text": 1}\n{"body": "x"}\nnot json\n')
+    cut = write_jsonl(src / "cut.jsonl.gz", [dict(d, lang="it") for d in corpus_docs("it", 6)], "gz")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    settled = run_prepare(tmp_path / "settled", src, batch_docs=5, tokenizer="qwen2")
+    monkeypatch.setattr("data_pipeline.clean.Cleaner.deferrable", lambda self: False)
+    run_prepare(tmp_path / "first", src, batch_docs=5, tokenizer="qwen2")
+    run_prepare(tmp_path / "processes", src, batch_docs=5, tokenizer="qwen2", workers=2)
+    assert _tree(tmp_path / "settled") == _tree(tmp_path / "first") == _tree(tmp_path / "processes")
+    assert settled.drops_by_reason() == {"malformed_json": 1, "missing_text_field": 2, "truncated_or_corrupt_file": 1}
+    shards = {p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text())
+              for p in (tmp_path / "settled" / "shards").glob("*/stats.json")}
+    assert len(shards) == 13 and shards["empty"]["groups"] == {} and shards["bad"]["groups"] == {}
+    en, ja = (IndexedDataset(str(tmp_path / "settled" / lang)) for lang in ("en", "ja"))  # held: they map the files
+    assert {k: v["groups"] for k, v in shards.items() if k in ("en", "ja")} == {
+        "en": {"en": {"documents": 12, "tokens": int(en.sequence_lengths.sum())}},
+        "ja": {"ja": {"documents": 12, "tokens": int(ja.sequence_lengths.sum())}},
+    }
+    before = _tree(tmp_path / "first")
+    lost = next((tmp_path / "first" / "shards").glob("fr-*"))
+    (lost / "stats.json").unlink()
+    (tmp_path / "first" / "manifest.parquet").unlink()  # else the finished run is recognised as such
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "first" / "shards").glob("*/stats.json")}
+    run_prepare(tmp_path / "first", src, batch_docs=5, tokenizer="qwen2")
+    redone = {p.parent.name for p in (tmp_path / "first" / "shards").glob("*/stats.json")
+              if stamps.get(p.parent.name) != p.stat().st_mtime_ns}
+    assert redone == {lost.name} and _tree(tmp_path / "first") == before
 
 
 def test_mixture_weights_match_hand_computed():

@@ -261,7 +261,11 @@ def test_three_tasks_and_merge_equal_one_machine_and_a_killed_task_reruns_alone(
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        fd = _open_for_writing(fifo, proc)  # the task has finished b and opened e
+        fd = _open_for_writing(fifo, proc)  # the task has opened e (reading runs ahead of writing b)
+        deadline = time.monotonic() + 120
+        while not any((multi / "shards").glob("b-*/stats.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.05)  # until b is written: the kill must land inside e
         os.write(fd, content[:300])
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
