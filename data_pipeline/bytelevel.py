@@ -128,7 +128,8 @@ def table(folder: Path, spec_path: Path, vocab_size: int, encode: Encode, probes
     lookup = build(json.loads(spec_path.read_bytes()), vocab_size)
     exact = lookup is not None and prove(lookup, encode, probes)
     if lookup is not None and not exact:
-        log.warning("the byte-level lookup of %s failed its check: cleaning every document before tokenizing", spec_path)
+        log.warning("the byte-level lookup of %s failed its check: cleaning every document before tokenizing",
+                    spec_path)
     if exact:
         tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}.npy")
         np.save(tmp, lookup)

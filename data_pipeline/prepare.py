@@ -16,9 +16,10 @@ redone too, so duplicates are judged against the same history either way.
 Raw records (decompressed, framed by line) of every file to (re)do flow as one stream of tasks,
 each file closed by an end marker, so the next file is read while this one's shard is written. They
 are parsed and cleaned by a thread of this process or by worker processes, deduplicated in input
-order, and tokenized while the next tasks are cleaned (workers.py; with a byte-level BPE that applies NFC, NFC and control
-characters are settled from the ids after tokenizing, bytelevel.py); each task's ids go out in one
-write per dataset. Outputs do not depend on the number of workers or on where cleaning was settled.
+order, and tokenized while the next tasks are cleaned (workers.py; with a byte-level BPE that
+applies NFC, NFC and control characters are settled from the ids after tokenizing, bytelevel.py);
+each task's ids go out in one write per dataset. Outputs do not depend on the number of workers or
+on where cleaning was settled.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
 ends, however it ends) names the holder's PID.
 """
@@ -50,8 +51,8 @@ from data_pipeline.tokenizer import TextTokenizer
 from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
 from data_pipeline.neardedup import NearDedupConfig
 from data_pipeline.workers import (
-    Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes, tasks_of_files,
-    tokenize, with_eod,
+    Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes,
+    tasks_of_files, tokenize, with_eod,
 )
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,9 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
                 if result is None:
                     if staged:
                         cleaner.seen = set()
-                    result = _process_file(path, shard_dir, settings, cleaner, tokenizer, stream, dtype, config, progress)
+                    result = _process_file(
+                        path, shard_dir, settings, cleaner, tokenizer, stream, dtype, config, progress
+                    )
                 elif config.clean.dedup:
                     cleaner.seen.update(int(h) for h in result.hashes)
                 results.append((shard_dir.relative_to(out).as_posix(), result))
@@ -283,7 +286,9 @@ def _process_file(
                 raise RuntimeError(f"internal error: a batch of {batch.file} arrived while writing {path}")
             last = batch.last
             if (kept := _kept(batch, cleaner, rejects, hashes, str(path))) is not None:
-                _write_batch(kept, ids, lengths, tokenizer, config, shard_dir, dtype, writers, by_key, per_doc, progress)
+                _write_batch(
+                    kept, ids, lengths, tokenizer, config, shard_dir, dtype, writers, by_key, per_doc, progress
+                )
             if last:
                 break
         else:
@@ -337,7 +342,8 @@ def _batches(
 
 def _write_batch(
     batch: Cleaned, ids: np.ndarray | None, lengths: np.ndarray | None, tokenizer: TextTokenizer, config: PrepareConfig,
-    shard_dir: Path, dtype: type[np.number], writers: dict[str, IndexedWriter], by_key: dict, per_doc, progress: "_Progress",
+    shard_dir: Path, dtype: type[np.number], writers: dict[str, IndexedWriter],
+    by_key: dict[tuple[str, str], GroupStats], per_doc: tasks.ShardDocs | None, progress: "_Progress",
 ) -> None:
     """Tokenize (unless done) and write one batch of kept documents; count them."""
     if ids is None or lengths is None:

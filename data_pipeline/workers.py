@@ -209,7 +209,8 @@ def settle(
     keep = [True] * len(batch.texts)
     changed: set[int] = set()
     for i in suspects:
-        cleaned = cleaner.clean_fully(Record(batch.texts[i], batch.langs[i], batch.sources[i], batch.file, batch.lines[i]))
+        record = Record(batch.texts[i], batch.langs[i], batch.sources[i], batch.file, batch.lines[i])
+        cleaned = cleaner.clean_fully(record)
         if isinstance(cleaned, tuple):
             batch.drops.add(*cleaned)
             keep[i] = False

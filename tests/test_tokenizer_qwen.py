@@ -195,7 +195,7 @@ def test_byte_table_gives_nfc_utf8_length_and_finds_every_control_character(name
     tok = TextTokenizer("qwen2" if name == "qwen2" else BUNDLED_TOKENIZER)
     table = tok.byte_table
     assert table is not None and table.dtype == np.uint16
-    assert tok.encode("\x85") == [tok.encode("\x85")[0], tok.encode("\x85")[1]]  # the split case exists
+    assert len(tok.encode("\x85")) == 2  # the split case exists: one C1 character, two ids
     decomposed = ["Cafe\u0301 cre\u0300me", "A\u030a \u212b \u1e9b\u0323", "\u0344\ufb2c"]
     clean = [t for t in sample_texts() + probe_texts(n_random=1000, seed=2) + decomposed
              if not bytelevel.has_control(unicodedata.normalize("NFC", t).encode())]
