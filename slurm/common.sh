@@ -83,7 +83,9 @@ qwenpt_launch() {
 
     local requeue=0 started="$QWENPT_RUNS/.started-$job"
     trap 'echo "$(date -Is) warning signal: asking training to checkpoint and stop"; touch "$stop_file"; requeue=1' USR1
-    touch "$started"
+    # Dated a second back: file times tick coarsely (a few ms), so a HANG written within the same
+    # tick would not be -newer than a marker touched now.
+    touch -d "@$(($(date +%s) - 1))" "$started"
     "${srun[@]}" "${torchrun[@]}" &
     local pid=$! rc=0
     while true; do
