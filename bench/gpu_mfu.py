@@ -60,6 +60,7 @@ def qwenpt_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
         f"data.cache_dir={run_dir.parent / 'cache'}", "logging.wandb.mode=disabled", "logging.progress=false",
         f"logging.log_interval={args.steps}", f"parallel.tensor_model_parallel_size={args.tp}",
         f"parallel.sequence_parallel={str(args.tp > 1).lower()}", f"parallel.gradient_accumulation_fusion={str(te).lower()}",
+        f"data.document_mask={str(getattr(args, 'worker_mask', 'on') == 'on').lower()}",
     ]
 
 
@@ -118,9 +119,9 @@ def _launch(cmd: list[str], log: Path, **kwargs: Any) -> tuple[int, str]:
     return code, log.read_text(errors="replace")
 
 
-def run_qwenpt(args: argparse.Namespace, work: Path, i: int) -> dict:
-    out, log = work / f"qwenpt_{i}.json", work / f"qwenpt_{i}.log"
-    cmd = [*torchrun(args.gpus), str(Path(__file__).resolve()), "--worker", str(out),
+def run_qwenpt(args: argparse.Namespace, work: Path, i: int, mask: str = "on") -> dict:
+    out, log = work / f"qwenpt_mask_{mask}_{i}.json", work / f"qwenpt_mask_{mask}_{i}.log"
+    cmd = [*torchrun(args.gpus), str(Path(__file__).resolve()), "--worker", str(out), "--worker-mask", mask,
            *sys.argv[1:]]  # the worker re-parses the same flags
     code, text = _launch(cmd, log, cwd=ROOT)
     if code != 0:
@@ -128,7 +129,7 @@ def run_qwenpt(args: argparse.Namespace, work: Path, i: int) -> dict:
     result = json.loads(out.read_text())
     head = [ln.split(" - ")[-1] for ln in text.splitlines() if re.search(r"\] - (model|world) ", ln)]
     return {"step_s": steady(result["step_times_s"], args.warmup), "max_allocated_gib": result["max_allocated_gib"],
-            "gpu_busy": result.get("gpu_busy"), "log_head": head}
+            "gpu_busy": result.get("gpu_busy"), "log_head": head, "document_lengths": result.get("document_lengths")}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -158,6 +159,8 @@ def worker(args: argparse.Namespace) -> None:
         train = read_metrics(run_dir, "train")
         times = [r["step_time_s"] for r in train][: args.steps - args.profile]  # profiled steps run slower
         result = {"step_times_s": times, "max_allocated_gib": max(peaks)}
+        if trainer.cfg.data.document_mask:  # the documents the steps trained on: their attention FLOPs
+            result["document_lengths"] = _document_lengths(trainer.train_ds, args.steps * args.global_batch)
         if profiler is not None:
             averages = profiler.key_averages()
             # GPU busy: kernel time over the profiled steps' wall time (far below 1: the host sets the pace).
@@ -170,6 +173,17 @@ def worker(args: argparse.Namespace) -> None:
             Path(args.worker).with_name("qwenpt_profile.txt").write_text(
                 f"last {args.profile} step(s): {wall_s:.3f} s wall, {kernels_s:.3f} s of GPU kernels\n{table}\n")
         Path(args.worker).write_text(json.dumps(result))
+
+
+def _document_lengths(dataset: Any, samples: int) -> list[int]:
+    """The lengths of the documents (as document masking cuts them) in the first ``samples`` samples."""
+    from qwenpt.packing import document_bounds
+
+    lengths: list[int] = []
+    for i in range(min(samples, len(dataset))):
+        bounds = document_bounds(dataset[i]["position_ids"].reshape(1, -1)).tolist()
+        lengths += [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    return lengths
 
 
 def _profile_last_steps(trainer: Any, steps: int, n: int):
@@ -282,11 +296,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--document-mask", choices=["on", "off", "both"], default="both",
+                    help="qwenpt with document masking (the default for training), without, or both; Megatron-LM "
+                         "runs without (its local spec has no packed-sequence attention), so the ratio is taken "
+                         "against qwenpt without")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile qwenpt's last N steps (torch.profiler; kernel table in the workdir, steps not timed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_mfu.json"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-mask", default="on", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.profile < args.steps - args.warmup:
         ap.error(f"--profile {args.profile} must leave timed steps: at most --steps - --warmup - 1 = {args.steps - args.warmup - 1}")
@@ -326,8 +345,12 @@ def main() -> None:
 
     launch_us = launch_latency_us()
     print(f"{gpu_name}: {launch_us} us per small kernel launch (host side)", flush=True)
-    runs: dict[str, list[dict]] = {"qwenpt": [], "megatron_lm": []}
-    sides = [("qwenpt", "qwenpt", lambda i: run_qwenpt(args, work, i))]
+    runs: dict[str, list[dict]] = {"qwenpt": [], "qwenpt_unmasked": [], "megatron_lm": []}
+    sides = []
+    if args.document_mask in ("on", "both"):
+        sides.append(("qwenpt", "qwenpt (document masking)", lambda i: run_qwenpt(args, work, i, "on")))
+    if args.document_mask in ("off", "both"):
+        sides.append(("qwenpt_unmasked", "qwenpt (no masking)", lambda i: run_qwenpt(args, work, i, "off")))
     if args.megatron_lm:
         sides.append(("megatron_lm", "Megatron-LM", lambda i: run_megatron(args, m, work, i)))
     failures = []
@@ -353,8 +376,19 @@ def main() -> None:
             busy = [r["gpu_busy"] for r in rs if r.get("gpu_busy") is not None]
             if busy:
                 result[side]["gpu_busy"] = busy[0]
-    ratio = (result["qwenpt"]["tokens_per_s_per_gpu"] / result["megatron_lm"]["tokens_per_s_per_gpu"]
-             if "megatron_lm" in result and "qwenpt" in result else None)
+            lengths = rs[0].get("document_lengths")
+            if lengths:  # MFU from the FLOPs the documents' own attention needs (full-causal above)
+                doc_flops = training_flops_per_token(m, args.seq, lengths)
+                result[side]["document_flops_per_token"] = doc_flops
+                result[side]["mfu_documents"] = summarize(result[side]["step_s"], tokens_per_step, args.gpus,
+                                                          doc_flops, peak)["mfu"]
+                result[side]["mean_document_tokens"] = round(sum(lengths) / len(lengths), 1)
+    # equal work: Megatron-LM's local spec runs unmasked, so the ratio is against qwenpt unmasked
+    peer_side = "qwenpt_unmasked" if "qwenpt_unmasked" in result else "qwenpt"
+    ratio = (result[peer_side]["tokens_per_s_per_gpu"] / result["megatron_lm"]["tokens_per_s_per_gpu"]
+             if "megatron_lm" in result and peer_side in result else None)
+    masking_cost = (result["qwenpt_unmasked"]["tokens_per_s_per_gpu"] / result["qwenpt"]["tokens_per_s_per_gpu"]
+                    if "qwenpt" in result and "qwenpt_unmasked" in result else None)
     key = f"{args.model}/{'fp8-' + args.fp8 if args.fp8 else 'bf16'}/seq{args.seq}/mbs{args.micro_batch}/gpus{args.gpus}"
     entry = {
         "model": args.model, "precision": f"bf16 + fp8 {args.fp8} ({args.fp8_recipe})" if args.fp8 else "bf16",
@@ -362,12 +396,13 @@ def main() -> None:
         "tp": args.tp, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "attention": "Transformer Engine" if args.te else "SDPA (qwenpt) / local (Megatron-LM)",
         "flops_per_token": flops_per_token, "peak_tflops": peak, "planner_peak_gib": planned,
-        **result, "ratio": round(ratio, 3) if ratio else None,
+        **result, "ratio": round(ratio, 3) if ratio else None, "ratio_sides": f"{peer_side} / megatron_lm",
+        "masking_slowdown": round(masking_cost, 3) if masking_cost else None,
         "env": {"gpu": gpu_name, "python": platform.python_version(), "torch": torch.__version__,
                 "cuda": torch.version.cuda, "megatron_core": megatron.core.__version__,
                 "megatron_lm_tree": tree_version, "pretrain_gpt_megatron_core": core_used,
                 "transformer_engine": _te_version(), "kernel_launch_us": launch_us},
-        "qwenpt_log": runs["qwenpt"][0]["log_head"] if runs["qwenpt"] else None,
+        "qwenpt_log": next((rs[0]["log_head"] for side, rs in runs.items() if side != "megatron_lm" and rs), None),
         "failures": failures,
     }
     out = Path(args.out)
@@ -377,16 +412,20 @@ def main() -> None:
     out.write_text(json.dumps(table, indent=2) + "\n")
 
     print(f"\n{key} on {args.gpus} x {gpu_name} ({entry['attention']}); planner estimate {planned} GiB")
-    print(f"{'':14}{'tokens/s/GPU':>14}{'TFLOP/s/GPU':>13}{'MFU':>8}{'peak GiB':>10}{'GPU busy':>10}")
-    for side in ("qwenpt", "megatron_lm"):
+    print(f"{'':16}{'tokens/s/GPU':>14}{'TFLOP/s/GPU':>13}{'MFU':>8}{'MFU docs':>10}{'peak GiB':>10}{'GPU busy':>10}")
+    for side in ("qwenpt", "qwenpt_unmasked", "megatron_lm"):
         if side in result:
             r = result[side]
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
             mem = f"{r['max_allocated_gib']:.1f}" if r["max_allocated_gib"] else "-"
             busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
-            print(f"{side:14}{r['tokens_per_s_per_gpu']:>14,.0f}{r['tflops_per_gpu']:>13.1f}{mfu:>8}{mem:>10}{busy:>10}")
+            docs = f"{r['mfu_documents']:.1%}" if r.get("mfu_documents") is not None else "-"
+            print(f"{side:16}{r['tokens_per_s_per_gpu']:>14,.0f}{r['tflops_per_gpu']:>13.1f}{mfu:>8}{docs:>10}"
+                  f"{mem:>10}{busy:>10}")
     if ratio:
-        print(f"ratio qwenpt / Megatron-LM: {ratio:.3f}")
+        print(f"ratio {peer_side} / Megatron-LM (equal work, no masking): {ratio:.3f}")
+    if masking_cost:
+        print(f"document masking: {masking_cost:.3f}x the unmasked step time")
     print(f"wrote {out} [{key}]")
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))

@@ -106,9 +106,11 @@ class ShardResult:
         return sorted(self.stats["groups"])
 
 
-def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Manifest:
+def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None, wait: bool = False) -> Manifest:
     """Run the whole pipeline (resuming finished shards) and return the manifest it wrote;
-    ``tokenizer``: ``config.tokenizer`` already loaded."""
+    ``tokenizer``: ``config.tokenizer`` already loaded. An output already up to date with these inputs
+    and settings is read without taking the folder's lock (any number of readers at once); ``wait``:
+    while another run holds the lock, wait for it (saying so) instead of failing."""
     files = expand_inputs(config.inputs)  # fails now on a missing path
     tokenizer = tokenizer or TextTokenizer(config.tokenizer, engine=config.engine)  # fails now if unreadable
     if config.group_by not in GROUP_BY:
@@ -117,8 +119,12 @@ def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None) -> Ma
         raise ValueError(f"--workers must be >= 0 (0: chosen by how heavy cleaning is; got {config.workers}) and "
                          f"--batch-docs >= 1 (got {config.batch_docs})")
     out = Path(config.output).expanduser()
+    done = _finished_manifest(out, _run_fingerprint(files, config.settings_fingerprint(tokenizer)))
+    if done is not None:  # written whole (the manifest is published last): nothing to lock for
+        log.info("%s is up to date with its %d inputs and settings; nothing to do", out / "manifest.parquet", len(files))
+        return done
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, tasks.lock_name(config)):
+    with output_lock(out, tasks.lock_name(config), wait=wait):
         return _prepare_locked(config, files, tokenizer, out)
 
 
@@ -127,8 +133,9 @@ class OutputLocked(RuntimeError):
 
 
 @contextlib.contextmanager
-def output_lock(out: Path, name: str = ".lock") -> Iterator[None]:
-    """Hold ``out/<name>`` for this run; a second run on the same folder fails at once, naming the holder."""
+def output_lock(out: Path, name: str = ".lock", wait: bool = False) -> Iterator[None]:
+    """Hold ``out/<name>`` for this run; a second run on the same folder fails at once, naming the holder
+    (``wait``: waits for it instead, saying so)."""
     path = out / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -138,10 +145,13 @@ def output_lock(out: Path, name: str = ".lock") -> Iterator[None]:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputLocked(
-                f"output folder {out} is in use by another prepare run (PID {holder}); wait for it to finish, "
-                "or pass another --output"
-            ) from None
+            if not wait:
+                raise OutputLocked(
+                    f"output folder {out} is in use by another prepare run (PID {holder}); wait for it to finish, "
+                    "or pass another --output"
+                ) from None
+            log.warning("output folder %s is being prepared by another process (PID %s); waiting for it", out, holder)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

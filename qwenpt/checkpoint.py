@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -390,6 +391,27 @@ def load_model(path: str | Path, model: list) -> Path:
     for i, chunk in enumerate(model):
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     return path
+
+
+def progress(path: str | Path) -> dict:
+    """A checkpoint's progress record (step, consumed samples, sample horizon...) without loading its tensors."""
+    return dist_checkpointing.load_common_state_dict(str(path))["progress"]
+
+
+def sample_horizon(path: str | Path) -> Optional[int]:
+    """The size of the training index the run of checkpoint ``path`` read (:func:`qwenpt.data.sample_horizon`):
+    recorded with its progress; for checkpoints saved before that, ``train.steps x train.global_batch_size``
+    of its ``run_config.yaml``, which is what the index was built for then (None if unknown)."""
+    recorded = progress(path).get("sample_horizon")
+    if recorded is not None:
+        return int(recorded)
+    config = Path(path) / "run_config.yaml"
+    if not config.is_file():
+        return None
+    train = (yaml.safe_load(config.read_text()) or {}).get("train", {})
+    if "steps" not in train or "global_batch_size" not in train:
+        return None
+    return int(train["steps"]) * int(train["global_batch_size"])
 
 
 @torch.no_grad()  # state is copied in place into parameters (and, for fp32, views of them)

@@ -130,7 +130,14 @@ class DataConfig:
     reset_position_ids: Optional[bool] = None  # null: follows document_mask (the only combination supported)
     split: str = "95,5,0"  # train, valid, test shares of each dataset's documents
     cache_dir: str = "~/.cache/qwenpt"
-    num_workers: int = 0
+    # loader worker processes per rank; null: 2 on a GPU (batches and document boundaries prepared while the
+    # GPU computes), 0 on the CPU (where workers would take the cores the step needs)
+    num_workers: Optional[int] = None
+    # Training samples are drawn from an index built for this many samples (rounded up to whole multiples of
+    # it when a run needs more), not for train.steps x global batch: runs with the same data, seed and sequence
+    # length read the same stream whatever their length, and extending a run continues it.
+    # null: one pass over the blend's tokens (sum over sources / seq_length), at least 2^20 samples.
+    sample_horizon: Optional[int] = None
 
 
 @dataclass
@@ -199,6 +206,9 @@ class TrainConfig:
     eval_position_buckets: int = 8
     run_dir: str = "runs/${model.name}"
     peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
+    # torch's intra-op CPU threads per process (torch.set_num_threads); null: torch's choice. On a shared CPU
+    # machine, processes x threads above the cores slows every step (measured 2-3x at 2 threads x 2 on 2 cores)
+    cpu_threads: Optional[int] = None
     # Checkpoint and exit cleanly after the current step when this signal reaches a training process,
     # or when stop_file appears (what slurm/*.sh does on Slurm's --signal before the time limit or
     # preemption, then requeues; the requeued job resumes). null disables either.
@@ -527,6 +537,11 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         f"{t.micro_batch_size} x data-parallel size {dp}",
     )
     _check(t.steps > 0, f"train.steps must be positive, got {t.steps}")
+    _check(t.cpu_threads is None or t.cpu_threads > 0,
+           f"train.cpu_threads must be a positive number of threads or null (torch's choice), got {t.cpu_threads}")
+    horizon = cfg.data.sample_horizon
+    _check(horizon is None or horizon > 0,
+           f"data.sample_horizon must be a positive number of samples or null (one pass over the data), got {horizon}")
     _check(t.precision in ("auto", "fp32", "bf16"), f"train.precision {t.precision!r} must be auto, fp32 or bf16")
     validate_fp8(t)
     if t.exit_signal is not None:

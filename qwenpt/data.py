@@ -8,6 +8,7 @@ Datasets are megatron indexed datasets (``.bin``/``.idx``) blended by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -15,7 +16,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from data_pipeline.manifest import Manifest
-from data_pipeline.prepare import PrepareConfig, prepare
+from data_pipeline.prepare import PrepareConfig, output_lock, prepare
 from data_pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def prepare_sample(cache_dir: str | Path, tokenizer: TextTokenizer) -> Blend:
         inputs=(str(SAMPLE_DIR / "*.jsonl.gz"),), output=str(out), tokenizer=str(tokenizer.path), progress=False
     )
     if not dist.is_initialized() or dist.get_rank() == 0:
-        manifest = prepare(config)  # a no-op once done
+        manifest = prepare(config, wait=True)  # a no-op once done; another run preparing it is waited for
         log.info("bundled sample: %d documents, %d tokens in %s", manifest.total("documents"), manifest.total("tokens"), out)
     if dist.is_initialized():
         dist.barrier()
@@ -111,8 +112,58 @@ def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int)
 
 
 def build_datasets(config: GPTDatasetConfig, num_samples: list[int]) -> list[Optional[Any]]:
-    """[train, valid, test] datasets with at least ``num_samples`` samples each (0: not built)."""
-    return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, config).build()
+    """[train, valid, test] datasets with at least ``num_samples`` samples each (0: not built).
+
+    megatron-core writes a missing index cache under its final names, and two runs sharing
+    ``data.cache_dir`` that both find it missing would write it at once (one reading the other's half-written
+    file). The builder of each job (global rank 0, which builds while the job's other ranks wait) therefore
+    holds the cache folder's lock, and another job waits for it, then finds the index built."""
+    builds = not dist.is_initialized() or dist.get_rank() == 0
+    cache = Path(config.path_to_cache)
+    if builds:
+        cache.mkdir(parents=True, exist_ok=True)
+    with output_lock(cache, ".build.lock", wait=True) if builds else contextlib.nullcontext():
+        return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, config).build()
+
+
+MIN_HORIZON = 1 << 20  # samples: small data (the bundled sample: 505 at seq 256) still gets a long stream
+
+
+def pass_samples(blend: Blend, seq_length: int) -> int:
+    """Samples of ``seq_length`` tokens in one pass over every source of the blend (all splits)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tokens = 0
+    for prefix in blend.prefixes:
+        dataset = IndexedDataset(prefix, mmap=True)  # kept alive while its memory-mapped lengths are read
+        tokens += int(dataset.sequence_lengths.sum())
+        del dataset
+    return max(1, tokens // seq_length)
+
+
+def sample_horizon(data: Any, blend: Blend, needed: int, saved: Optional[int] = None) -> tuple[int, Optional[str]]:
+    """How many samples the training index is built for, and a warning when it changes the order a resumed
+    run reads.
+
+    megatron-core's GPTDataset shuffles all the epochs it builds together, and the blend gives each source
+    a share of the requested size, so the sample order is a function of the size requested. Requesting
+    ``train.steps x global batch`` made it depend on the run's length (a 12-step and a 40-step run shared
+    9 of their first 192 samples). The size is therefore a multiple of ``data.sample_horizon`` (default:
+    one pass over the blend, at least :data:`MIN_HORIZON` samples, so the index is never larger than what
+    megatron-core builds for a one-pass run, or than ~30 MB), the smallest that covers ``needed``; a
+    resumed run keeps its checkpoint's (``saved``) while that still covers what it needs. Past it, the
+    index grows and the order changes."""
+    unit = data.sample_horizon or max(pass_samples(blend, data.seq_length), MIN_HORIZON)
+    if saved is not None and saved >= needed:
+        return saved, None
+    horizon = unit * -(-needed // unit)
+    if saved is None or saved == horizon:
+        return horizon, None
+    return horizon, (
+        f"the training index grows from {saved:,} to {horizon:,} samples (train.steps x train.global_batch_size = "
+        f"{needed:,} is past the checkpoint's): the data position is kept, but this run no longer sees the data an "
+        f"uninterrupted run would. A data.sample_horizon of at least {needed:,} from the start keeps one order"
+    )
 
 
 def build_source_valid_sets(config: GPTDatasetConfig, blend: Blend, num_samples: int) -> dict[str, Any]:
@@ -174,7 +225,14 @@ class PretrainingSampler:
             yield list(range(first, first + self.mbs))
 
 
-def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_workers: int) -> Iterator[dict]:
+def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_workers: Optional[int],
+                collate: Optional[Callable[[list], dict]] = None) -> Iterator[dict]:
+    """This rank's micro-batches from ``consumed_samples`` on; ``collate`` adds per-micro-batch host work
+    (:class:`qwenpt.packing.Collate`), done in the workers when ``num_workers`` > 0 (None: 2 on a GPU, 0 on
+    the CPU). On a GPU the batches come in pinned memory, so the step's copies to the device do not block
+    the host."""
+    if num_workers is None:
+        num_workers = 2 if torch.cuda.is_available() else 0
     sampler = PretrainingSampler(
         len(dataset),
         consumed_samples,
@@ -183,6 +241,7 @@ def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_
         parallel_state.get_data_parallel_world_size(),
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0
+        dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
+        collate_fn=collate, pin_memory=torch.cuda.is_available(),
     )
     return iter(loader)

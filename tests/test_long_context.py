@@ -246,6 +246,93 @@ def test_context_parallel_split_is_per_document_and_load_balanced():
     assert pack(dict(whole), _Group(4, 1), 5)[1].cu_seqlens_q_padded.tolist()[-1] == 160
 
 
+def test_the_loaders_host_plan_gives_the_same_pack_and_rope_positions():
+    """The boundaries, padding and CP indices the loader computes on the host (qwenpt.packing.Collate, in its
+    workers) give exactly the pack made from the position ids, with this rank's boundaries as host ints and
+    each token's position attached for RoPE."""
+    from qwenpt.packing import Collate, pack, positions_of
+
+    whole = batch()
+    samples = [{k: v[i] for k, v in whole.items()} for i in range(2)]
+    for cp, rank, sp in [(1, 0, 1), (2, 0, 1), (2, 1, 1), (4, 1, 3)]:
+        group = _Group(cp, rank) if cp > 1 else None
+        loaded = Collate(cp, rank, sp)(samples)
+        flat, params = pack({k: loaded[k] for k in whole}, group, micro_plan=loaded["pack"])
+        ref_flat, ref = pack(dict(whole), group, sp)
+        for key in whole:
+            assert torch.equal(flat[key], ref_flat[key]), (cp, key)
+        for name in ("cu_seqlens_q", "cu_seqlens_q_padded"):
+            a, b = getattr(params, name), getattr(ref, name)
+            assert (a is None and b is None) or torch.equal(a, b)
+        cu = params.cu_seqlens_q if cp == 1 else params.cu_seqlens_q_padded
+        assert params.local_bounds == tuple((cu // cp).tolist()) and params.max_seqlen_q == ref.max_seqlen_q
+        assert torch.equal(positions_of(cu), flat["position_ids"][0])  # within each document, CP chunks too
+    assert params.local_bounds[:3] == (0, 4, 10)  # CP 4: documents of 10 and 24 tokens padded to 16 and 24
+
+
+def _varlen_stand_in(calls: list):
+    """torch's varlen_attn semantics on the CPU (each document of cu_seq_q causal, alone), recording its calls."""
+    import torch.nn.functional as F
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False,
+               is_causal=False):
+        calls.append({"heads": (q.shape[1], k.shape[1]), "max": (max_q, max_k), "cu": cu_q.tolist(),
+                      "same_cu": cu_q is cu_k, "causal": window_size == (-1, 0) or is_causal, "gqa": enable_gqa})
+        bounds = cu_q.tolist()
+        outs = [F.scaled_dot_product_attention(*(x[a:b].transpose(0, 1) for x in (q, k, v)), is_causal=True,
+                                               scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
+                for a, b in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(outs)
+    return varlen
+
+
+@pytest.mark.parametrize("torch_api", ["2.12+ (enable_gqa)", "2.11 (no GQA argument)"])
+def test_one_varlen_attention_call_per_layer_equals_each_document_alone(torch_api, packed_dataset, megatron_world,
+                                                                        monkeypatch):
+    """On a GPU the packed documents of a micro-batch go through one variable-length flash-attention call
+    per layer (no per-document slicing, no read-back). Here that call is a CPU stand-in with the same
+    contract: the model's losses and gradients equal the per-document path's, with one call per layer,
+    causal, on the device cu_seqlens with the longest document, GQA through the argument (torch >= 2.12)
+    or with K/V heads repeated (2.11, whose varlen_attn has no GQA argument)."""
+    from qwenpt.models import attention, build_model
+    from qwenpt.packing import pack
+
+    ds, _, _ = packed_dataset
+    m = model_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(m, ParallelConfig())[0]
+    flat, params = pack(_micro_batch(ds, range(2, 4)))
+
+    def run(kernel):
+        monkeypatch.setattr(attention.SDPAttention, "packed_kernel", kernel)
+        losses = model(flat["tokens"], flat["position_ids"], None, labels=flat["labels"], packed_seq_params=params)
+        (losses * flat["loss_mask"]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return losses.detach(), grads
+
+    calls: list = []
+    gqa = torch_api.startswith("2.12")
+    monkeypatch.setattr(attention, "varlen_attn", _varlen_stand_in(calls))
+    monkeypatch.setattr(attention, "_VARLEN_ARGS", {"scale", "window_size"} | ({"enable_gqa"} if gqa else set()))
+    one_call, one_call_grads = run("varlen")
+    per_document, per_document_grads = run("per_document")
+    assert len(calls) == m.num_layers  # one call per layer for the whole micro-batch
+    bounds = params.cu_seqlens_q.tolist()
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    heads = (m.num_attention_heads, m.num_query_groups if gqa else m.num_attention_heads)
+    assert all(c == {"heads": heads, "max": (longest, longest), "cu": bounds, "same_cu": True, "causal": True,
+                     "gqa": gqa} for c in calls)
+    assert len(bounds) - 1 >= 5
+    assert (one_call - per_document).abs().max().item() <= 1e-5
+    for name, g in one_call_grads.items():
+        assert (g - per_document_grads[name]).abs().max().item() <= 1e-5, name
+    # the kernel choice: varlen on a CUDA device in bf16/fp16 only
+    assert attention.varlen_available(torch.device("cuda", 0), torch.bfloat16) == (attention.varlen_attn is not None)
+    assert not attention.varlen_available(torch.device("cuda", 0), torch.float32)
+    assert not attention.varlen_available(torch.device("cpu"), torch.bfloat16)
+
+
 def test_document_mask_validation():
     for overrides, message in [
         (["model=tiny_moe", "parallel.context_parallel_size=2", "parallel.expert_model_parallel_size=2"],
@@ -357,6 +444,8 @@ def test_training_with_document_mask_is_the_same_in_every_layout(tmp_path):
         assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in ref]
         for x, y in zip(ref, got):
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (name, x, y)
-    # an untrained model's loss hardly depends on context; from step 2 on, attending across documents shows
-    # (measured: 0.009, 0.005 and 0.0025 apart)
-    assert all(abs(x["loss"] - y["loss"]) > 1e-3 for x, y in zip(ref[2:], crossing[2:]))
+    # an untrained model's loss hardly depends on context, yet attending across documents shows in every step
+    # after the first evaluation, far beyond the layouts' rel 1e-5 (~1e-4 at these losses); measured on the
+    # samples of the step-independent index (docs/training-data.md): 0.0010, 0.0007, 0.0060 and 0.0009 apart
+    apart = [abs(x["loss"] - y["loss"]) for x, y in zip(ref[1:], crossing[1:])]
+    assert min(apart) > 5e-4 and max(apart) > 3e-3, apart

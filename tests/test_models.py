@@ -11,6 +11,7 @@ from conftest import ROOT, hf_model, model_config
 from qwenpt.config import ParallelConfig
 from qwenpt.convert.qwen2 import hf_to_megatron, load_into, megatron_to_hf
 from qwenpt.flops import forward_flops_per_token
+from qwenpt.packing import packed_seq_params
 from qwenpt.models import build_model, param_counts
 
 # Published totals in billions (Hugging Face model cards, or the safetensors parameter count where
@@ -107,3 +108,15 @@ def test_flops_formula_matches_counted_matmuls(name, megatron_world):
     q = m.num_attention_heads * (m.kv_channels or m.hidden_size // m.num_attention_heads)
     saved = m.num_layers * 4 * q * (seq - (seq + 1) / 2)
     assert forward_flops_per_token(m, seq) == pytest.approx(forward_flops_per_token(m, seq, causal=False) - saved)
+    # packed documents (document masking): each attends within itself, so the score matrices are L x L
+    lengths = [10, 24, 30]
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(tokens[:1], position_ids, None, packed_seq_params=packed_seq_params(position_ids))
+    full_keys = sum(n * n for n in lengths) / seq  # the math backend computes every L x L score
+    counted = (forward_flops_per_token(m, seq, causal=False) - m.num_layers * 4 * q * (seq - full_keys)) * seq
+    assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
+    causal_keys = sum(n * (n + 1) / 2 for n in lengths) / seq  # what causal kernels compute of them
+    assert forward_flops_per_token(m, seq, document_lengths=lengths) == pytest.approx(
+        forward_flops_per_token(m, seq) - m.num_layers * 4 * q * ((seq + 1) / 2 - causal_keys))
+    assert forward_flops_per_token(m, seq, document_lengths=[seq]) == pytest.approx(forward_flops_per_token(m, seq))

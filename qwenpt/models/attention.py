@@ -12,16 +12,21 @@ group, and each local query chunk attends causally to every key up to its own po
 
 Packed sequences (document masking, :mod:`qwenpt.packing`): megatron-core hands over the "THD"
 layout — [tokens, heads, dim] of the whole micro-batch and ``cu_seqlens`` in ``packed_seq_params`` —
-and each document is one causal fused-attention call on its own slice, so no [s, s] mask is ever
-built (measured against a block-diagonal mask in bench/document_mask.py). Under context parallelism
-each rank holds two of the 2 x CP chunks of every (padded) document (``cu_seqlens_q_padded``;
-:func:`qwenpt.packing.pack`): K and V are gathered once per layer, and each document's local chunks
-attend as above, within that document only.
+and no [s, s] mask is ever built (measured against a block-diagonal mask in bench/document_mask.py).
+On a GPU (bf16/fp16, no dropout, one CP rank) the whole micro-batch is one call of torch's
+variable-length flash attention (``torch.nn.attention.varlen``, torch >= 2.11), ``cu_seqlens`` on the
+device: one kernel per layer whatever the number of documents, as TE's THD attention. Elsewhere (the
+CPU, where it is the fastest path; fp32; CP) each document is one causal fused-attention call on its
+own slice, cut at the boundaries the loader computed as host ints (no read-back per layer). Under
+context parallelism each rank holds two of the 2 x CP chunks of every (padded) document
+(``cu_seqlens_q_padded``; :func:`qwenpt.packing.pack`): K and V are gathered once per layer, and each
+document's local chunks attend as above, within that document only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any, Optional
 
@@ -35,6 +40,17 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.nn.attention.bias import causal_lower_right
 
 from qwenpt.models import dca
+
+try:  # torch >= 2.11
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch: one call per document
+    varlen_attn = None
+_VARLEN_ARGS = set(inspect.signature(varlen_attn).parameters) if varlen_attn is not None else set()
+
+
+def varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """torch's variable-length flash attention runs here: a CUDA device, bf16 or fp16, torch >= 2.11."""
+    return varlen_attn is not None and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
 
 
 class _GatherContextParallel(torch.autograd.Function):
@@ -64,6 +80,10 @@ def _in_order(parts: torch.Tensor) -> torch.Tensor:
 
 
 class SDPAttention(MegatronModule):
+    # how packed documents run: "auto" (varlen where :func:`varlen_available`, else per document),
+    # "varlen" or "per_document" (bench/step_budget.py sets "varlen" to count the GPU path on a CPU)
+    packed_kernel = "auto"
+
     def __init__(
         self,
         config: TransformerConfig,
@@ -131,13 +151,17 @@ class SDPAttention(MegatronModule):
         if packed.qkv_format != "thd":
             raise ValueError(f"packed sequences in the {packed.qkv_format!r} format are not supported; use thd")
         t, heads, dim = query.shape
-        q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, t, d]
-        gqa = k.shape[1] != heads
         cp = 1 if self.cp_group is None else self.cp_group.size()
-        cu = packed.cu_seqlens_q if packed.cu_seqlens_q_padded is None else packed.cu_seqlens_q_padded
         if cp > 1 and packed.cu_seqlens_q_padded is None:
             raise ValueError("packed sequences under context parallelism need cu_seqlens_q_padded (qwenpt.packing.pack)")
-        bounds = (cu // cp).tolist()  # this rank's share of each document
+        if self._one_call(query, dropout, cp):
+            return self._varlen(query, key, value, packed).reshape(t, heads * dim)
+        bounds = getattr(packed, "local_bounds", None)  # host ints from the loader (qwenpt.packing.plan)
+        if bounds is None:
+            cu = packed.cu_seqlens_q if packed.cu_seqlens_q_padded is None else packed.cu_seqlens_q_padded
+            bounds = (cu // cp).tolist()  # this rank's share of each document (a read-back per layer)
+        q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, t, d]
+        gqa = k.shape[1] != heads
         with self._rng(dropout):
             if cp > 1:
                 k_parts, v_parts = self._gather(k), self._gather(v)  # [cp, 1, h, t, d]
@@ -149,6 +173,27 @@ class SDPAttention(MegatronModule):
                     scale=self.softmax_scale, enable_gqa=gqa,
                 ) for a, b in zip(bounds[:-1], bounds[1:])]
         return torch.cat(outs, dim=2)[0].transpose(0, 1).reshape(t, heads * dim)
+
+    def _one_call(self, query: torch.Tensor, dropout: float, cp: int) -> bool:
+        if self.packed_kernel == "per_document" or cp > 1 or dropout > 0:
+            return False
+        return self.packed_kernel == "varlen" or varlen_available(query.device, query.dtype)
+
+    def _varlen(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Any) -> torch.Tensor:
+        """Every document of the micro-batch in one causal variable-length flash-attention call [t, h, d]."""
+        kwargs: dict[str, Any] = {"scale": self.softmax_scale}
+        if key.shape[1] != query.shape[1]:
+            if "enable_gqa" in _VARLEN_ARGS:  # torch >= 2.12
+                kwargs["enable_gqa"] = True
+            else:  # torch 2.11: K/V heads repeated for their query groups
+                groups = query.shape[1] // key.shape[1]
+                key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        if "window_size" in _VARLEN_ARGS:
+            kwargs["window_size"] = (-1, 0)  # causal
+        else:
+            kwargs["is_causal"] = True
+        cu, longest = packed.cu_seqlens_q, packed.max_seqlen_q
+        return varlen_attn(query, key, value, cu, cu, longest, longest, **kwargs)
 
     def _context_parallel(self, q: torch.Tensor, k_parts: torch.Tensor, v_parts: torch.Tensor, dropout: float,
                           gqa: bool) -> torch.Tensor:

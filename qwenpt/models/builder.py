@@ -19,7 +19,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
-from qwenpt.models import dca, rope
+from qwenpt.models import dca, packed_rope, rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
 
@@ -195,6 +195,7 @@ def build_model(
     config = transformer_config(
         model, parallel, dtype, perform_initialization=perform_initialization, fp8=fp8, fp8_recipe=fp8_recipe
     )
+    packed_rope.install()  # packed sequences: RoPE in one gather, no per-document loop (without TE's fused kernel)
     vpp = parallel.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from qwenpt import checkpoint, distributed, eval_positions, packing
 from qwenpt.config import ConfigError, describe_layout, to_container, validate
-from qwenpt.data import build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader, resolve_blend
+from qwenpt.data import (build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader,
+                         resolve_blend, sample_horizon)
 from qwenpt.flops import peak_tflops, training_flops_per_token
 from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
@@ -77,8 +78,9 @@ class StopRequest:
             local = 2
         flag = torch.tensor([local, int(nonfinite)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self._reason = {0: None, 1: "signal", 2: "stop file"}[int(flag[0].item())]
-        return bool(flag[1].item())
+        reason, nonfinite = flag.tolist()  # one read-back for both
+        self._reason = {0: None, 1: "signal", 2: "stop file"}[reason]
+        return bool(nonfinite)
 
     def requested(self) -> Optional[str]:
         """The reason to stop, known on every rank; None to go on (from this step's exchange)."""
@@ -148,9 +150,7 @@ def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], 
     batch = {k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS}
     packed = None
     if document_mask:  # one packed sequence of the micro-batch's documents, CP-split per document (qwenpt/packing.py)
-        config = get_attr_wrapped_model(model, "config")
-        batch, packed = packing.pack(batch, parallel_state.get_context_parallel_group(),
-                                     config.tensor_model_parallel_size if config.sequence_parallel else 1)
+        batch, packed = packing.pack(batch, parallel_state.get_context_parallel_group(), micro_plan=sample["pack"])
     else:
         batch = _this_cp_rank(batch)
     labels = batch["labels"] if get_attr_wrapped_model(model, "post_process") else None
@@ -172,17 +172,24 @@ def _reduce_sums(loss_dicts: list[dict], device: torch.device, key: str = "lm lo
 
 def _reduce_loss(loss_dicts: list[dict], device: torch.device) -> tuple[float, int]:
     """Global mean token loss of a step, known on every rank."""
-    total = _reduce_sums(loss_dicts, device)
-    return (total[0] / total[1].clamp(min=1)).item(), int(total[1].item())
+    loss_sum, tokens = _reduce_sums(loss_dicts, device).tolist()  # one read-back for both
+    return loss_sum / max(tokens, 1.0), int(tokens)
 
 
-def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int, every_stage: bool = False) -> list:
-    """One loader per model chunk that reads data (first or last stage, or ``every_stage``: with document
-    masking each stage builds the micro-batch's document boundaries itself); None for the others."""
+def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int, document_mask: bool = False) -> list:
+    """One loader per model chunk that reads data (first or last stage, or every stage with document
+    masking: each stage needs the micro-batch's document boundaries, which the loader computes on the
+    host, :class:`qwenpt.packing.Collate`); None for the others."""
+    collate = None
+    if document_mask:
+        config = get_attr_wrapped_model(model[0], "config")
+        collate = packing.Collate(parallel_state.get_context_parallel_world_size(),
+                                  parallel_state.get_context_parallel_rank(),
+                                  config.tensor_model_parallel_size if config.sequence_parallel else 1)
     its = []
     for chunk in model:
-        reads = every_stage or get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
-        its.append(make_loader(dataset, consumed, mbs, workers) if reads else None)
+        reads = document_mask or get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
+        its.append(make_loader(dataset, consumed, mbs, workers, collate) if reads else None)
     return its
 
 
@@ -193,6 +200,8 @@ class Trainer:
         # megatron-core logs each dataset build and DDP bucket at INFO; qwenpt logs a summary instead
         logging.getLogger("megatron.core").setLevel(logging.WARNING)
         self.cfg = cfg
+        if cfg.train.cpu_threads is not None:  # before any work: torch's pool is sized on first use
+            torch.set_num_threads(cfg.train.cpu_threads)
         self.rt = distributed.initialize(cfg.parallel, cfg.train.seed, timeout_s=cfg.train.watchdog.collective_timeout_s)
         if not self.rt.is_main:
             logging.getLogger().setLevel(logging.WARNING)
@@ -213,8 +222,13 @@ class Trainer:
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
         self.blend = resolve_blend(d, self.tokenizer)
         ds_config = dataset_config(d, self.tokenizer, self.blend, t.seed)
+        # the training index: a size independent of train.steps, so extending a run continues its stream
+        saved = checkpoint.sample_horizon(self.resume_from) if self.resume_from else None
+        self.horizon, horizon_note = sample_horizon(d, self.blend, t.steps * t.global_batch_size, saved)
+        if horizon_note and self.rt.is_main:
+            log.warning(horizon_note)
         self.train_ds, self.valid_ds, _ = build_datasets(
-            ds_config, [t.steps * t.global_batch_size, t.eval_steps * t.global_batch_size, 0]
+            ds_config, [self.horizon, t.eval_steps * t.global_batch_size, 0]
         )
         self.source_valid = (
             build_source_valid_sets(ds_config, self.blend, t.eval_steps * t.global_batch_size) if t.eval_per_source else {}
@@ -265,11 +279,12 @@ class Trainer:
             )
             log.info(
                 "world %d = %s; global batch %d = micro %d x %d micro-batches x dp %d; "
-                "%d tokens/step; data: %d sources, %d train / %d valid samples of %d tokens",
+                "%d tokens/step; data: %d sources, %d train / %d valid samples of %d tokens (training order: an index "
+                "of %d samples, the same for any train.steps up to it); %d CPU threads",
                 self.rt.world_size, describe_layout(cfg.parallel, self.dp, cfg.model.num_experts is not None),
                 t.global_batch_size, t.micro_batch_size, self.num_micro, self.dp,
                 t.global_batch_size * d.seq_length, len(self.blend.prefixes), len(self.train_ds),
-                len(self.valid_ds), d.seq_length,
+                len(self.valid_ds), d.seq_length, self.horizon, torch.get_num_threads(),
             )
 
     def _import_hf(self, hf_dir: str) -> Path:
@@ -285,6 +300,11 @@ class Trainer:
                 raise ConfigError(f"checkpoint.init_from_hf: converting {hf_dir} failed:\n{proc.stdout[-3000:]}")
         dist.barrier()
         return target
+
+    def train_iterators(self) -> list:
+        """The training micro-batches from the samples consumed so far on, one iterator per model chunk."""
+        return _iterators(self.model, self.train_ds, self.consumed, self.cfg.train.micro_batch_size,
+                          self.cfg.data.num_workers, self.cfg.data.document_mask)
 
     def train_step(self, iterators: list) -> tuple[float, int, float]:
         """One step; the update is applied only when the guard finds loss and grad norm finite on every rank."""
@@ -355,7 +375,7 @@ class Trainer:
         with self.watchdog.watch(f"checkpoint save at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
             self.saver.save(
                 self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
-                progress={"consumed_samples": self.consumed},
+                progress={"consumed_samples": self.consumed, "sample_horizon": self.horizon},
                 run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
                 keep_last=self.cfg.checkpoint.keep_last,
                 optim_sharding=self.cfg.checkpoint.optim_sharding,
@@ -385,8 +405,7 @@ class Trainer:
             log.info("already at step %d of %d: training is complete", self.step, t.steps)
             return {"step": self.step}
         tokens_per_step = t.global_batch_size * cfg.data.seq_length
-        iterators = _iterators(self.model, self.train_ds, self.consumed, t.micro_batch_size, cfg.data.num_workers,
-                               cfg.data.document_mask)
+        iterators = self.train_iterators()
         bar = tqdm(
             total=t.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not (self.rt.is_main and cfg.logging.progress),

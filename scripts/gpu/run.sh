@@ -10,7 +10,8 @@
 # Writes to $OUT (default ./gpu_results): setup.log (versions; TE build seconds or why not), gpu_tests.log
 # and gpu_tests.xml, gpu_mfu.json (the benchmark table) and every run's log under bench_*/.
 # Knobs: STEPS (20), WARMUP (5), REPEATS (1), GLOBAL_BATCH (16), MICRO_BATCHES ("qwen2.5_1.5b:2 qwen2.5_0.5b:4"),
-# PROFILE (0: profile qwenpt's last N steps, a kernel table per run), TE_BUILD_TIMEOUT (1200 s), TEST_TIMEOUT and
+# PROFILE (0: profile qwenpt's last N steps, a kernel table per run), DOCUMENT_MASK (both: qwenpt with and without;
+# on | off), TE_BUILD_TIMEOUT (1200 s), TEST_TIMEOUT and
 # BENCH_TIMEOUT (seconds per pytest run and per benchmark invocation; 0 = none), SKIP_TESTS=1, SKIP_BENCH=1.
 # WHEELS may hold a requirements.txt (fetch_wheels.sh writes one); without it every wheel there is installed.
 set -uo pipefail
@@ -88,7 +89,7 @@ print('hybrid' if te() and torch.cuda.get_device_capability() >= (8, 9) else '')
             log "bench/gpu_mfu.py $model micro-batch $mbs ${fp8:+fp8 $fp8}"
             timeout "${BENCH_TIMEOUT:-0}" "$PY" bench/gpu_mfu.py --model "$model" --micro-batch "$mbs" \
                 --global-batch "${GLOBAL_BATCH:-16}" --steps "${STEPS:-20}" --warmup "${WARMUP:-5}" \
-                --repeats "${REPEATS:-1}" --profile "${PROFILE:-0}" ${fp8:+--fp8 $fp8} \
+                --repeats "${REPEATS:-1}" --profile "${PROFILE:-0}" --document-mask "${DOCUMENT_MASK:-both}" ${fp8:+--fp8 $fp8} \
                 ${MEGATRON_LM:+--megatron-lm "$MEGATRON_LM"} --out "$OUT/gpu_mfu.json" \
                 --workdir "$OUT/bench_${model}_mbs${mbs}${fp8:+_fp8}" 2>&1 | grep -v -i warn | tail -12 | tee -a "$OUT/setup.log"
             [ "${PIPESTATUS[0]}" = 124 ] && log "bench: stopped after BENCH_TIMEOUT=$BENCH_TIMEOUT s"

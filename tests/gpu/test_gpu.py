@@ -160,3 +160,53 @@ def test_tp2_sp_on_two_gpus_tracks_one_gpu(tmp_path):
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-2), (a, b)
     assert one[-1]["loss"] < one[0]["loss"] - 1.0
+
+
+def test_one_varlen_call_per_layer_matches_per_document_attention(megatron_world, monkeypatch):
+    """Document masking on a GPU runs torch's variable-length flash attention once per layer; in bf16 it gives
+    the per-document SDPA path's losses and gradients within bf16 rounding (GQA, causal, each document alone)."""
+    from conftest import model_config
+    from qwenpt.models import attention
+    from qwenpt.packing import packed_seq_params
+
+    if attention.varlen_attn is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.nn.attention.varlen (2.11+)")
+    m = model_config("tiny")
+    torch.manual_seed(0)
+    model = _build(m, torch.bfloat16, False, monkeypatch).train()
+    lengths = [700, 1, 300, 1000, 47]  # one sample of 2048 tokens
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).cuda()
+    tokens = torch.randint(1, m.vocab_size, (1, sum(lengths)), device="cuda")
+    params = packed_seq_params(position_ids)
+
+    def run(kernel):
+        monkeypatch.setattr(attention.SDPAttention, "packed_kernel", kernel)
+        losses = model(tokens, position_ids, None, labels=tokens, packed_seq_params=params)
+        losses.float().sum().backward()
+        grads = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return losses.float().detach(), grads
+
+    one_call, one_grads = run("auto")  # bf16 on CUDA: varlen
+    per_doc, per_doc_grads = run("per_document")
+    assert attention.varlen_available(tokens.device, torch.bfloat16)
+    assert (one_call - per_doc).abs().max().item() <= BF16_RELATIVE * per_doc.abs().max().item()
+    for name, g in one_grads.items():
+        ref = per_doc_grads[name]
+        assert (g - ref).abs().max().item() <= BF16_RELATIVE * max(ref.abs().max().item(), 1e-6), name
+
+
+def test_a_steady_state_step_syncs_a_constant_few_times(tmp_path):
+    """CUDA's own sync detector (``torch.cuda.set_sync_debug_mode``) over a training step of the 1.5B's layer
+    structure at seq 4096 with document masking: at most bench/step_budget.py's budget of host syncs."""
+    script = (
+        "import json, sys; sys.path.insert(0, 'bench'); import step_budget\n"
+        "r = step_budget.count_step(step_budget.narrow_model('qwen2.5_1.5b', 4096), 4096, 2, 8, True, 'bf16', 'auto', "
+        f"workdir={str(tmp_path)!r})\n"
+        "print('RESULT ' + json.dumps(r))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert r["cuda_syncs"] is not None and r["cuda_syncs"] <= 16, r
+    assert r["host_syncs"] <= 16, r["sync_sites"]

@@ -1,0 +1,96 @@
+"""What a GPU training step asks of the host, asserted without a GPU (bench/step_budget.py counts it): a
+constant few host syncs per step, whatever the layers, micro-batches or documents, and document masking
+at no more than 1.2x the kernel-like ops of unmasked attention. Both CI lanes run this: megatron-core 0.16
+and 0.19 take different RoPE paths for packed sequences. Also the optimizer's foreach kernels against
+megatron-core's own fallbacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+SYNC_BUDGET = 16
+
+_CASES = {  # name: (layers, seq, micro-batch, global batch, document_mask)
+    "base": (2, 1024, 1, 2, True),
+    "more layers": (4, 1024, 1, 2, True),
+    "more micro-batches": (2, 1024, 1, 4, True),
+    "more documents": (2, 4096, 2, 4, True),
+    "more documents, unmasked": (2, 4096, 2, 4, False),
+}
+
+_SCRIPT = """
+import json, sys
+sys.path.insert(0, "bench")
+import step_budget
+out = {}
+for name, (layers, seq, mbs, gbs, mask) in json.loads(sys.argv[1]).items():
+    model = step_budget.narrow_model("qwen2.5_1.5b", seq) + [f"model.num_layers={layers}"]
+    out[name] = step_budget.count_step(model, seq, mbs, gbs, mask, precision="fp32", workdir=sys.argv[2] + "/" + str(len(out)))
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def budget(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("step_budget")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(_CASES), str(work)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.slow
+def test_host_syncs_per_step_are_few_and_constant(budget):
+    base = budget["base"]
+    assert base["host_syncs"] <= SYNC_BUDGET, base["sync_sites"]
+    # the cases really vary what they say
+    assert budget["more layers"]["layers"] == 2 * base["layers"]
+    assert budget["more micro-batches"]["micro_batches"] == 2 * base["micro_batches"]
+    assert budget["more documents"]["documents_per_micro_batch"] >= 3 * base["documents_per_micro_batch"] >= 6
+    for name, case in budget.items():  # not one more sync for any of them
+        assert case["sync_sites"] == base["sync_sites"], name
+    assert budget["more layers"]["ops"] > base["ops"]  # the counter sees the extra layers' work
+
+
+@pytest.mark.slow
+def test_document_masking_costs_at_most_a_fifth_more_ops(budget):
+    masked, unmasked = budget["more documents"], budget["more documents, unmasked"]
+    assert masked["ops"] <= 1.2 * unmasked["ops"], (masked["top_ops"], unmasked["top_ops"])
+    # masking changes the losses (the documents do not see each other), so both paths really ran
+    assert masked["loss"] != unmasked["loss"]
+
+
+def test_foreach_grad_norm_and_scale_equal_megatrons_fallbacks():
+    """The norm and scaling megatron-core's optimizer runs without apex/TE, as ``torch._foreach_*`` kernels
+    (no host read-back per parameter), equal its per-tensor fallbacks, and are what it calls."""
+    from megatron.core import utils as megatron_utils
+    from megatron.core.optimizer import clip_grads, optimizer as megatron_optimizer
+
+    from qwenpt.training.optim import foreach_l2_norm, foreach_scale, use_foreach_kernels
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(7, generator=g), torch.randn(3, 5, generator=g), torch.randn(4, generator=g).bfloat16()]
+    ours, _ = foreach_l2_norm(0, None, [tensors], False)
+    reference = torch.linalg.vector_norm(torch.stack([t.float().norm() for t in tensors]))
+    assert ours.shape == (1,) and ours.dtype == torch.float32
+    assert abs(ours.item() - reference.item()) <= 1e-6 * reference.item()
+    sources = [t.float() for t in tensors]
+    targets, expected = [torch.empty_like(t) for t in tensors], [torch.empty_like(t) for t in tensors]
+    foreach_scale(0, None, [sources, targets], 0.37)
+    megatron_utils.local_multi_tensor_scale(0, None, [sources, expected], 0.37)
+    assert all(torch.equal(a, b) for a, b in zip(targets, expected))
+    in_place = [t.clone() for t in sources]
+    foreach_scale(0, None, [in_place, in_place], 2.0)
+    assert all(torch.equal(a, 2.0 * b) for a, b in zip(in_place, sources))
+    use_foreach_kernels()
+    if clip_grads.multi_tensor_applier is megatron_utils.local_multi_tensor_applier:  # no apex/TE here
+        assert clip_grads.l2_norm_impl is foreach_l2_norm
+        assert clip_grads.multi_tensor_scale_impl is megatron_optimizer.multi_tensor_scale_impl is foreach_scale
