@@ -40,20 +40,54 @@ def is_complete(prefix: str | Path) -> bool:
     return Path(f"{prefix}.idx").is_file() and Path(f"{prefix}.bin").is_file()
 
 
+_HEAD = len(HEADER) + 8 + 1 + 16  # magic, version, dtype code, sequence count, document-index entries
+
+
+def read_header(prefix: str | Path) -> tuple[type[np.number], int, int]:
+    """(token dtype, sequence count, document-index entries) from ``prefix.idx``'s header."""
+    path = f"{prefix}.idx"
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+    if len(head) < _HEAD or head[: len(HEADER)] != HEADER:
+        raise ValueError(f"{path}: not a megatron indexed dataset index (bad or truncated header)")
+    version, code, n, docs = struct.unpack("<QBQQ", head[len(HEADER) :])
+    dtype = next((d for d, c in DTYPE_CODES.items() if c == code), None)
+    if version != 1 or dtype is None:
+        raise ValueError(f"{path}: unsupported index (version {version}, dtype code {code})")
+    return dtype, n, docs
+
+
 def read_index(prefix: str | Path) -> tuple[type[np.number], np.ndarray]:
     """(token dtype, per-document lengths) of a dataset with one sequence per document, as this
     module and Megatron-LM's preprocess_data write them; the lengths are memory-mapped."""
     path = f"{prefix}.idx"
-    with open(path, "rb") as f:
-        head = f.read(len(HEADER) + 8 + 1 + 16)
-    if head[: len(HEADER)] != HEADER:
-        raise ValueError(f"{path}: not a megatron indexed dataset index (bad header)")
-    version, code, n, docs = struct.unpack("<QBQQ", head[len(HEADER) :])
-    dtype = next((d for d, c in DTYPE_CODES.items() if c == code), None)
-    if version != 1 or dtype is None or docs != n + 1:
-        raise ValueError(f"{path}: unsupported index (version {version}, dtype code {code}, {n} sequences, {docs - 1} documents)")
-    lengths = np.memmap(path, dtype=np.int32, mode="r", offset=len(head), shape=(n,)) if n else np.zeros(0, np.int32)
+    dtype, n, docs = read_header(prefix)
+    if docs != n + 1:
+        raise ValueError(f"{path}: unsupported index ({n} sequences, {docs - 1} documents)")
+    lengths = np.memmap(path, dtype=np.int32, mode="r", offset=_HEAD, shape=(n,)) if n else np.zeros(0, np.int32)
     return dtype, lengths
+
+
+def check_sizes(prefix: str | Path) -> int:
+    """The sequence count of ``prefix``, after checking that ``.idx`` is as long as its header says and
+    ``.bin`` as long as the index says (sum of sequence lengths x token size): a truncated file would
+    otherwise pass every check and crash at its first read mid-run, naming no file. ValueError names
+    the file and both sizes."""
+    dtype, n, docs = read_header(prefix)
+    idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    need = _HEAD + n * (4 + 8) + docs * 8  # lengths int32, pointers int64, document index int64
+    have = idx.stat().st_size
+    if have < need:
+        raise ValueError(f"{idx} is {have:,} bytes, but its header describes {n:,} sequences ({need:,} bytes): "
+                         "it is truncated")
+    lengths = np.memmap(idx, dtype=np.int32, mode="r", offset=_HEAD, shape=(n,)) if n else np.zeros(0, np.int32)
+    need = int(lengths.sum(dtype=np.int64)) * np.dtype(dtype).itemsize
+    del lengths
+    have = bin_.stat().st_size
+    if have != need:
+        raise ValueError(f"{bin_} is {have:,} bytes, but {idx.name} describes {need:,} bytes of tokens "
+                         f"({'truncated' if have < need else 'not the tokens this index describes'})")
+    return n
 
 
 class IndexedWriter:

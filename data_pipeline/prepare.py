@@ -211,6 +211,9 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
                     )
                 elif config.clean.dedup:
                     cleaner.seen.update(int(h) for h in result.hashes)
+                if not result.stats["rows"] and not result.stats["rejects"]:
+                    log.warning("%s holds no records (0 read, 0 dropped): nothing of it is in the output; an empty "
+                                "file, or one in another format (--format, --text-unit)?", path)
                 results.append((shard_dir.relative_to(out).as_posix(), result))
         finally:
             stream.close()  # stops the parsing and tokenizing threads, after an error too
@@ -427,17 +430,31 @@ def _merge_and_write(
     out: Path, results: list[tuple[str, ShardResult]], dtype: type[np.number], tokenizer: TextTokenizer,
     settings: str, fingerprint: str, config: PrepareConfig,
 ) -> Manifest:
-    """Concatenate each group's shards into OUT/<group>, then write rejects.jsonl and the manifest (last)."""
+    """Concatenate each group's shards into OUT/<group>, remove the datasets of the previous manifest that
+    this run has none of, then write rejects.jsonl and the manifest (last). A run of 0 documents fails
+    (ValueError) after writing rejects.jsonl, without a manifest."""
     parts: dict[str, list[Path]] = defaultdict(list)
     for rel, result in results:
         for group in result.groups:
             parts[group].append(out / rel / group_filename(group))
-    for group, shard_prefixes in sorted(parts.items()):
-        merge_indexed_datasets(out / group_filename(group), shard_prefixes, dtype)
     _write_atomic(
         out / "rejects.jsonl",
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, result in results for r in result.rejects_log),
     )
+    if not parts:
+        drops: dict[str, int] = defaultdict(int)
+        for _, result in results:
+            for _, _, reason, n in result.stats["rejects"]:
+                drops[reason] += n
+        why = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items())) or "no records were read"
+        raise ValueError(
+            f"the {len(results)} input file(s) gave 0 documents (dropped: {why}; see {out / 'rejects.jsonl'}), so "
+            f"there is no dataset to write and {out / 'manifest.parquet'} was not written; check the inputs and "
+            "--text-field, --format, --languages and the cleaning options"
+        )
+    for group, shard_prefixes in sorted(parts.items()):
+        merge_indexed_datasets(out / group_filename(group), shard_prefixes, dtype)
+    _remove_stale_datasets(out, {group_filename(g) for g in parts})
     manifest = Manifest.from_shards(
         [(rel, r.stats) for rel, r in results],
         group_by=config.group_by,
@@ -451,6 +468,29 @@ def _merge_and_write(
     if not config.keep_shards:
         shutil.rmtree(out / "shards")
     return manifest
+
+
+def _remove_stale_datasets(out: Path, keep: set[str]) -> None:
+    """Remove the datasets that this folder's previous manifest (qwenpt's own record of what it wrote) lists
+    and this run has no documents for, e.g. the other languages after a rerun with ``--languages en``: left
+    there, they look like part of the corpus. Nothing the previous manifest does not name is touched."""
+    path = out / "manifest.parquet"
+    if not path.is_file():
+        return
+    try:
+        previous = Manifest.read(path).prefixes()
+    except (OSError, ValueError, KeyError) as err:  # unreadable (pyarrow's errors are OSError/ValueError)
+        log.warning("%s is unreadable (%s); datasets of an earlier run, if any, are left in place", path, err)
+        return
+    for prefix in previous:
+        if prefix in keep or prefix != group_filename(prefix):  # only plain names, as this module writes them
+            continue
+        removed = [f"{prefix}{ext}" for ext in (".idx", ".bin") if (out / f"{prefix}{ext}").is_file()]
+        for name in removed:  # the index first: a reader that finds it finds a whole dataset
+            (out / name).unlink()
+        if removed:
+            log.info("removed %s from %s: the previous run's manifest listed it, this run has no documents for it",
+                     " and ".join(removed), out)
 
 
 class _Progress:

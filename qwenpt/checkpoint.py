@@ -18,6 +18,7 @@ goes on, and published (manifest, rename, ``latest``) once every rank's writer i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
@@ -37,6 +38,9 @@ import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+from torch.distributed.checkpoint.api import CheckpointException
+
+from qwenpt.safe_load import verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,7 @@ class Saver:
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(f".tmp_{_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            _check_space(root)
             tmp.mkdir()
         _barrier()
         state = _sharded_state_dict(model, optimizer, with_rng=True, is_loading=False, optim_sharding=optim_sharding)
@@ -181,7 +186,14 @@ class Saver:
         state["progress"] = dict(progress, step=step, layout=_layout(), optim_sharding=optim_sharding)
         publish = partial(self._publish, root, tmp, final, run_config, keep_last)
         if self.queue is None:
-            dist_checkpointing.save(state, str(tmp))
+            try:
+                dist_checkpointing.save(state, str(tmp))
+            except (OSError, RuntimeError, CheckpointException) as err:  # the last: a BaseException
+                full = _disk_full(root, err)
+                if full is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # the partial save, which holds the space
+                raise OSError(errno.ENOSPC, full) from err
             publish()
             elapsed = time.perf_counter() - start
             self.report(step, final, elapsed, elapsed)
@@ -206,9 +218,10 @@ class Saver:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _write_latest(root, final.name)
-            if keep_last > 0:
-                kept = protected(root)
-                for old in [p for p in complete_checkpoints(root) if p.name not in kept][:-keep_last]:
+            if keep_last > 0:  # the newest keep_last up to this one; never this one, nor any of a later step
+                kept, step = protected(root), _step_of(final)
+                older = [p for p in complete_checkpoints(root) if p.name not in kept and _step_of(p) < step]
+                for old in older[:max(len(older) - (keep_last - 1), 0)]:
                     shutil.rmtree(old, ignore_errors=True)
         _barrier()
 
@@ -236,10 +249,49 @@ class Saver:
             self.queue.close(abort=abort)
 
 
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _check_space(root: Path) -> None:
+    """Refuse a save that cannot fit: the last checkpoint's size against the file system's free space."""
+    done = complete_checkpoints(root)
+    need, free = (_size(done[-1]) if done else 0), shutil.disk_usage(root).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"no space left for a checkpoint in {root}: {free / 2**20:,.1f} MiB free, and the "
+                                    f"last one ({done[-1].name}) takes {need / 2**20:,.1f} MiB. Free space there (or lower "
+                                    "checkpoint.keep_last) and rerun: the run resumes from its last checkpoint")
+
+
+def _disk_full(root: Path, err: BaseException) -> Optional[str]:
+    """A message when the failed save ``err`` ran out of space (ENOSPC anywhere in its causes, or a file system
+    left (nearly) full: torch's writer reports a short write as 'unexpected pos'), else None."""
+    cause: Optional[BaseException] = err
+    enospc = False
+    while cause is not None:
+        enospc |= isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = cause.__cause__ or cause.__context__
+    usage = shutil.disk_usage(root)
+    if not enospc and usage.free > max(64 * 2**20, usage.total // 100):
+        return None
+    return (f"no space left on the file system of {root} while saving a checkpoint ({usage.free / 2**20:,.1f} MiB free of "
+            f"{usage.total / 2**20:,.1f} MiB; the writer said: {_last_line(err)}). Free space there (or lower "
+            "checkpoint.keep_last) and rerun: the run resumes from its last checkpoint")
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]  # torch's carries each rank's traceback
+    return lines[-1][:200] if lines else type(err).__name__
+
+
 def _write_latest(root: Path, name: str) -> None:
     tmp = root / ".latest.tmp"
     tmp.write_text(name + "\n")
     os.replace(tmp, root / "latest")
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name[len(_PREFIX):])
 
 
 def complete_checkpoints(root: str | Path) -> list[Path]:
@@ -248,7 +300,7 @@ def complete_checkpoints(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and (p / "metadata.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=_step_of)
 
 
 def _read_latest(root: Path) -> tuple[Optional[Path], Optional[str]]:
@@ -303,7 +355,7 @@ def find_resumable(root: str | Path) -> tuple[Optional[Path], list[str]]:
     named, problem = _read_latest(root)
     problems = [problem] if problem else []
     published = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and p.name[len(_PREFIX):].isdigit()]
-    published.sort(key=lambda p: int(p.name[len(_PREFIX):]), reverse=True)
+    published.sort(key=_step_of, reverse=True)
     for candidate in ([named] if named is not None else []) + [p for p in published if p != named]:
         damage = check(candidate)
         if damage is None:
@@ -366,9 +418,10 @@ def save_model(path: str | Path, model: list, run_config: Optional[str] = None) 
 
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory from a path to one, or to a checkpoints root (its newest intact one;
-    damaged ones are passed over with a warning)."""
+    damaged ones are passed over with a warning), verified to load without running code."""
     path = Path(path).expanduser()
     if (path / "metadata.json").is_file():
+        verify_checkpoint(path)
         return path
     found, problems = find_resumable(path)
     for problem in problems:
@@ -378,6 +431,7 @@ def resolve(path: str | Path) -> Path:
             f"{path} is neither a checkpoint (no metadata.json) nor a directory of intact checkpoints"
             + (f" ({'; '.join(problems)})" if problems else "")
         )
+    verify_checkpoint(found)
     return found
 
 
@@ -418,6 +472,7 @@ def sample_horizon(path: str | Path) -> Optional[int]:
 def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``path``; returns its progress record."""
     path = Path(path)
+    verify_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
     progress = common["progress"]
     same_layout = list(progress["layout"]) == _layout()

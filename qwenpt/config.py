@@ -235,7 +235,7 @@ class LoggingConfig:
 
 @dataclass
 class CheckpointConfig:
-    save_interval: int = 100  # steps; a checkpoint is also written at the end
+    save_interval: int = 100  # steps; 0: no periodic saves. A checkpoint is also written at the end
     dir: Optional[str] = None  # null: <run_dir>/checkpoints
     resume: bool = True  # continue from the latest complete checkpoint in dir
     keep_last: int = 2  # older complete checkpoints are deleted; 0 keeps all
@@ -531,12 +531,21 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
             f"pipeline sizes ({expert_world})",
         )
     _check(t.micro_batch_size > 0, f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
+    _check(t.global_batch_size > 0, f"train.global_batch_size must be positive, got {t.global_batch_size}")
     _check(
         t.global_batch_size % (t.micro_batch_size * dp) == 0,
         f"train.global_batch_size {t.global_batch_size} is not divisible by train.micro_batch_size "
         f"{t.micro_batch_size} x data-parallel size {dp}",
     )
     _check(t.steps > 0, f"train.steps must be positive, got {t.steps}")
+    _check(d.seq_length > 0, f"data.seq_length must be a positive number of tokens, got {d.seq_length}")
+    for key, value in (("train.eval_interval", t.eval_interval), ("train.eval_steps", t.eval_steps),
+                       ("logging.log_interval", cfg.logging.log_interval)):
+        _check(value > 0, f"{key} must be a positive number of steps, got {value}")
+    c = cfg.checkpoint
+    _check(c.save_interval >= 0, f"checkpoint.save_interval must be a number of steps, or 0 for no periodic saves "
+                                 f"(the last step is saved either way), got {c.save_interval}")
+    _check(c.keep_last >= 0, f"checkpoint.keep_last must be a number of checkpoints, or 0 to keep all, got {c.keep_last}")
     _check(t.cpu_threads is None or t.cpu_threads > 0,
            f"train.cpu_threads must be a positive number of threads or null (torch's choice), got {t.cpu_threads}")
     horizon = cfg.data.sample_horizon
@@ -590,6 +599,9 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         )
     _validate_guard(t)
     _check(t.eval_position_buckets >= 0, f"train.eval_position_buckets must be 0 (off) or more, got {t.eval_position_buckets}")
+    from qwenpt.data import check_dataset, check_split, check_split_documents, max_token_id
+
+    check_split(d.split, evaluates=t.eval_steps > 0)
     for i, entry in enumerate(d.blend):
         for ext in (".bin", ".idx") if check_files else ():
             path = Path(f"{entry.prefix}{ext}").expanduser()
@@ -600,8 +612,7 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
             )
         _check(entry.weight > 0, f"data.blend[{i}].weight must be positive, got {entry.weight}")
         if check_files:
-            from qwenpt.data import max_token_id
-
+            check_split_documents(f"data.blend[{i}].prefix", entry.prefix, check_dataset(entry.prefix), d.split)
             top = max_token_id(entry.prefix, d.cache_dir)
             _check(
                 top < cfg.model.vocab_size,

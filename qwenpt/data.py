@@ -3,7 +3,9 @@
 Datasets are megatron indexed datasets (``.bin``/``.idx``) blended by
 ``BlendedMegatronDatasetBuilder``. With an empty ``data.blend``, the bundled multilingual sample
 (qwenpt/assets/sample, one prefix per language, natural weights) is tokenized into
-``data.cache_dir`` on first use.
+``data.cache_dir`` on first use. megatron-core's index cache lives in ``data.cache_dir/index/<key>``, the
+key telling the blend's files apart by content (:func:`content_key`), and every file of it is checked
+before megatron-core loads it (:func:`verify_index_cache`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,11 +28,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix, parse_and_normalize_split,
+)
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from numpy.lib import format as npy
 
+from data_pipeline.indexed import check_sizes, read_header
 from data_pipeline.manifest import Manifest
 from data_pipeline.prepare import PrepareConfig, output_lock, prepare
 from data_pipeline.tokenizer import TextTokenizer
+from qwenpt.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +90,17 @@ def sample_languages() -> list[str]:
 def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:
     if not data.blend:
         blend = prepare_sample(data.cache_dir, tokenizer)
-        if not data.sample_weights:
-            return blend
-        keep = [i for i, name in enumerate(blend.names) if name in data.sample_weights]
-        return Blend(
-            prefixes=[blend.prefixes[i] for i in keep],
-            weights=[float(data.sample_weights[blend.names[i]]) for i in keep],
-            names=[blend.names[i] for i in keep],
-        )
+        if data.sample_weights:
+            keep = [i for i, name in enumerate(blend.names) if name in data.sample_weights]
+            blend = Blend(
+                prefixes=[blend.prefixes[i] for i in keep],
+                weights=[float(data.sample_weights[blend.names[i]]) for i in keep],
+                names=[blend.names[i] for i in keep],
+            )
+        for name, prefix in zip(blend.names, blend.prefixes):  # known only once tokenized: checked here
+            check_split_documents(f"the bundled sample's {name!r} dataset (data.blend is empty)", prefix,
+                                  check_dataset(prefix), data.split)
+        return blend
     prefixes = [str(Path(e.prefix).expanduser()) for e in data.blend]
     return Blend(
         prefixes=prefixes, weights=[float(e.weight) for e in data.blend], names=[Path(p).name for p in prefixes]
@@ -99,7 +113,7 @@ def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int)
         sequence_length=data.seq_length,
         blend=(blend.prefixes, blend.weights),
         split=data.split,
-        path_to_cache=str(Path(data.cache_dir).expanduser() / "index"),
+        path_to_cache=str(Path(data.cache_dir).expanduser() / "index" / content_key(blend.prefixes)),
         tokenizer=tokenizer,
         # data.document_mask: positions restart after each EOD (qwenpt/packing.py turns them into document
         # boundaries; no dense mask is built) and the EOD's loss, whose label opens the next document, is masked
@@ -117,13 +131,152 @@ def build_datasets(config: GPTDatasetConfig, num_samples: list[int]) -> list[Opt
     megatron-core writes a missing index cache under its final names, and two runs sharing
     ``data.cache_dir`` that both find it missing would write it at once (one reading the other's half-written
     file). The builder of each job (global rank 0, which builds while the job's other ranks wait) therefore
-    holds the cache folder's lock, and another job waits for it, then finds the index built."""
+    holds the cache folder's lock, and another job waits for it, then finds the index built. Holding it, the
+    builder first checks every cache file megatron-core may load (:func:`verify_index_cache`); the other
+    ranks read the cache only after megatron-core's barriers, i.e. after the builder's check."""
+    for prefix in config.blend[0]:  # validate() checked data.blend already; this also covers every other caller
+        check_split_documents("dataset", prefix, read_header(prefix)[1], config.split)
     builds = not dist.is_initialized() or dist.get_rank() == 0
     cache = Path(config.path_to_cache)
     if builds:
         cache.mkdir(parents=True, exist_ok=True)
     with output_lock(cache, ".build.lock", wait=True) if builds else contextlib.nullcontext():
+        if builds:
+            verify_index_cache(cache)
         return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, config).build()
+
+
+def file_identity(path: Path) -> str:
+    """A file's path, size, mtime and inode: what tells a rewritten file from the old one on this machine without
+    reading it (a file written anew gets a new inode even within one tick of a coarse file clock)."""
+    path = path.expanduser().resolve()
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+
+
+def content_key(prefixes: list[str]) -> str:
+    """The index cache's folder name, from what the index is built of: each dataset's ``.bin`` size and its
+    ``.idx`` (document and sequence lengths; hashed whole up to 64 MiB, else its first and last MiB with its
+    size). megatron-core keys its cache by path, split, seed and sizes only, so data re-prepared into the same
+    prefix would reuse the old data's index (an IndexError, or silently a few of the new documents). Content,
+    not file times or inodes: nodes that each hold a copy of the data agree on it."""
+    digest = hashlib.sha256()
+    for prefix in prefixes:
+        idx = Path(f"{prefix}.idx").expanduser()
+        size = idx.stat().st_size
+        digest.update(f"{Path(f'{prefix}.bin').expanduser().stat().st_size}|{size}|".encode())
+        with open(idx, "rb") as fh:
+            if size <= 64 << 20:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(1 << 20))
+                fh.seek(size - (1 << 20))
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def verify_index_cache(cache: Path) -> None:
+    """Check every ``.npy`` in the index cache folder before megatron-core loads it, which it does with
+    ``numpy.load(allow_pickle=True)``: a pickle under an ``.npy`` name would run code. Nothing is unpickled
+    here: the NPY magic and header are parsed by numpy.lib.format (a literal, not code). A file that is not
+    NPY, or holds Python objects, is refused (ConfigError, left in place for the user to inspect). A file
+    whose size differs from what its header describes (a build killed mid-write: megatron-core writes under
+    the final names) is qwenpt's own damaged cache: removed with a warning, and megatron-core rebuilds it."""
+    for path in sorted(cache.glob("*.npy")):
+        problem = _npy_problem(path)
+        if problem is None:
+            continue
+        damaged, reason = problem
+        if not damaged:
+            raise ConfigError(
+                f"{path} in the dataset index cache is not a NumPy index file ({reason}); megatron-core would load it "
+                "with pickle, which can run code, so it was not loaded. Delete it (it is rebuilt) and check who can "
+                f"write to data.cache_dir ({cache.parent.parent})"
+            )
+        log.warning("dataset index cache file %s is damaged (%s), e.g. by a run killed while writing it: removed, "
+                    "it is rebuilt", path, reason)
+        path.unlink()
+
+
+def _npy_problem(path: Path) -> Optional[tuple[bool, str]]:
+    """None for a whole NPY file of plain numbers; else (damaged, reason): damaged is a truncated or
+    overlong NPY file, not damaged a file that is no NPY file at all, or one holding Python objects."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(npy.MAGIC_LEN)
+        if not magic.startswith(npy.MAGIC_PREFIX):
+            if npy.MAGIC_PREFIX.startswith(magic):
+                return True, f"{size} bytes, cut inside the NPY magic"
+            return False, f"it starts with {magic[:4]!r}, not the NPY magic {npy.MAGIC_PREFIX!r}"
+        version = tuple(magic[len(npy.MAGIC_PREFIX):])
+        if version not in ((1, 0), (2, 0)):
+            return (True, f"{size} bytes, cut inside the NPY magic") if len(magic) < npy.MAGIC_LEN else (
+                False, f"NPY version {version} (numpy.save writes 1.0 or 2.0 for index arrays)")
+        length = f.read(2 if version == (1, 0) else 4)
+        header_end = f.tell() + int.from_bytes(length, "little")
+        if len(length) < (2 if version == (1, 0) else 4) or size < header_end:
+            return True, f"{size} bytes, cut inside its header"
+        f.seek(npy.MAGIC_LEN)
+        try:
+            shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+        except ValueError as err:
+            return False, f"an unreadable NPY header: {err}"
+        if dtype.hasobject:
+            return False, f"dtype {dtype} holds Python objects, which numpy unpickles"
+        need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != need:
+        return True, f"{size:,} bytes where its header ({dtype} {shape}) describes {need:,}"
+    return None
+
+
+SPLITS = ("train", "valid", "test")
+_SPLIT_PART = re.compile(r"\s*(\d+(\.\d*)?|\.\d+)\s*")
+
+
+def check_split(split: str, evaluates: bool) -> None:
+    """``data.split`` in the one form megatron-core reads as written: it takes any runs of digits and dots
+    (``abc`` is 0,0,0 and divides by zero; ``-5,1,0`` is 5,1,0; ``1e-3`` is 1,3) and pads missing parts."""
+    form = ("three non-negative numbers TRAIN,VALID,TEST, each split's share of every dataset's documents "
+            "(e.g. 95,5,0), with a positive train share")
+    parts = str(split).split(",")
+    if len(parts) != 3 or not all(_SPLIT_PART.fullmatch(p) for p in parts):
+        raise ConfigError(f"data.split {split!r} is not {form}")
+    train, valid, _ = (float(p) for p in parts)
+    if train <= 0:
+        raise ConfigError(f"data.split {split!r} gives training no documents; data.split must be {form}")
+    if evaluates and valid <= 0:
+        raise ConfigError(f"data.split {split!r} gives validation no documents, but the run evaluates "
+                          f"(train.eval_steps > 0); data.split must be {form} and a positive valid share, e.g. 95,5,0")
+
+
+def split_documents(documents: int, split: str) -> list[Optional[int]]:
+    """Each split's document count out of ``documents``, exactly as megatron-core's builder cuts them (its
+    split parsing, then ``int(round(bookend * n))``, as in 0.16 and 0.19); None: a split of share 0, not built."""
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    return [None if b is None else int(round(b[1] * float(documents))) - int(round(b[0] * float(documents)))
+            for b in matrix]
+
+
+def check_split_documents(where: str, prefix: str, documents: int, split: str) -> None:
+    """Refuse a dataset that ``split`` leaves a built split no document of: megatron-core's index build
+    would loop forever (it adds epochs of 0 tokens until the samples asked for are covered)."""
+    for i, count in enumerate(split_documents(documents, split)):
+        if count == 0:
+            need = next(n for n in itertools.count(documents + 1) if split_documents(n, split)[i])
+            raise ConfigError(
+                f"{where}: {prefix} holds {documents} documents, of which data.split {split!r} gives the "
+                f"{SPLITS[i]} split 0; the {SPLITS[i]} split needs at least {need} documents. Add data to it, or "
+                f"change data.split (e.g. a larger {SPLITS[i]} share)"
+            )
+
+
+def check_dataset(prefix: str) -> int:
+    """The document count of a megatron indexed dataset, after checking its files' sizes
+    (data_pipeline.indexed.check_sizes) as a ConfigError naming the file."""
+    try:
+        return check_sizes(Path(prefix).expanduser())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"dataset {prefix}: {err}; rebuild it with `python -m data_pipeline prepare`") from None
 
 
 MIN_HORIZON = 1 << 20  # samples: small data (the bundled sample: 505 at seq 256) still gets a long stream
@@ -183,12 +336,11 @@ def max_token_id(prefix: str | Path, cache_dir: str | Path) -> int:
     """The largest token id in a megatron indexed dataset (``prefix.bin``/``.idx``), for checking it
     against the model's vocabulary before anything is built. Read once from the memory-mapped
     ``.bin`` in chunks (its dtype from megatron-core's ``IndexedDataset``), then cached in
-    ``cache_dir/max_token_id`` keyed by the file's path, size and mtime."""
+    ``cache_dir/max_token_id`` keyed by the file's :func:`file_identity`."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     bin_path = Path(f"{prefix}.bin").expanduser().resolve()
-    st = bin_path.stat()
-    key = hashlib.sha256(f"{bin_path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(file_identity(bin_path).encode()).hexdigest()[:20]
     cache = Path(cache_dir).expanduser() / "max_token_id" / f"{key}.txt"
     if cache.is_file():
         return int(cache.read_text())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Optional
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -25,6 +28,9 @@ class MetricsLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step and self.path.exists():
             self._truncate_after(resume_step)
+        if self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            with open(self.path, "a", encoding="utf-8") as fh:  # a partial last line stays apart from new records
+                fh.write("\n")
         self.file = open(self.path, "a", encoding="utf-8")
         if wandb_cfg.mode != "disabled":
             import wandb
@@ -42,9 +48,14 @@ class MetricsLogger:
             )
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop records past the checkpoint: those steps are about to be redone."""
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """On resume, drop records past the checkpoint: those steps are about to be redone. Lines that are not
+        records (a partial line left by a kill, text written by something else) are kept, and skipped by readers.
+        Rewritten atomically: a kill now leaves the old file or the new one."""
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        kept = [line for line in lines if line and not ((record := _record(line)) is not None and record["step"] > step)]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -70,8 +81,28 @@ def _wandb_id(run_dir: Path) -> str:
     return id_file.read_text().strip()
 
 
+def _record(line: str) -> Optional[dict]:
+    """The metrics record on ``line``, or None for a line that is not one (partial, or not qwenpt's)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("step"), int) and record.get("kind") in ("train", "valid")
+    return record if ok else None
+
+
 def read_metrics(run_dir: str | Path, kind: Optional[str] = None) -> list[dict]:
-    """The records of a run's metrics.jsonl (``kind``: 'train' or 'valid' to filter)."""
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line]
+    """The records of a run's metrics.jsonl (``kind``: 'train' or 'valid' to filter); lines that are not
+    records are skipped with a warning naming the file and line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            log.warning("%s line %d is not a metrics record (a partial line, or not written by qwenpt); skipped: %.80s",
+                        path, number, line)
+            continue
+        records.append(record)
     return [r for r in records if kind is None or r["kind"] == kind]

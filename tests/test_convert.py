@@ -3,6 +3,7 @@ resharding keeps logits, and bad checkpoints are refused with the tensor named."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -275,3 +276,176 @@ def test_export_tokenizer_by_qwen_name_loads_in_transformers(tmp_path):
     assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
     with pytest.raises(ConfigError, match="no tokenizer files found"):
         copy_tokenizer(tmp_path / "empty", tmp_path / "out")
+
+
+def _tree(root) -> dict:
+    """Every file under ``root`` (relative path -> SHA-256) and every folder (-> None): equal trees are
+    byte-identical, with nothing added or removed."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+@contextlib.contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(root) -> set:
+    return {(p.is_dir(), p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+def _refused(main, capsys, args: list, message: str, root) -> None:
+    """The command exits 2 with ``message`` as its one error line (no traceback) and ``root`` stays byte-identical."""
+    before = _tree(root)
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert f"error: {message}\n" in out and out.count("error: ") == 1 and "Traceback" not in out, out
+    assert _tree(root) == before
+
+
+def test_import_refuses_an_out_that_is_the_input_or_not_an_earlier_import(converted, tmp_path, capsys):
+    """`import` never deletes its --hf, a folder qwenpt did not write, or an export, even with
+    --overwrite, and replaces an earlier import only with --overwrite."""
+    from qwenpt.convert.__main__ import main
+    from qwenpt.convert.hf import export_hf, import_hf
+
+    _, src, ckpt, _ = converted["dense_gqa"]
+    hf = shutil.copytree(src, tmp_path / "hf")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "plan.txt").write_text("mine")
+    export_hf(ckpt, tmp_path / "export")
+    import_hf(hf, tmp_path / "earlier")
+    (tmp_path / "file").write_text("x")
+    for out, overwrite, message in [
+        (hf, True, f"--out {hf} is --hf {hf}, which this conversion reads: choose an --out outside {hf} (nothing was written)"),
+        (hf / "ckpt", True, f"--out {hf / 'ckpt'} is inside --hf {hf}, which this conversion reads: choose an --out "
+                            f"outside {hf} (nothing was written)"),
+        (tmp_path, True, f"--out {tmp_path} contains --hf {hf}, which this conversion reads: choose an --out outside "
+                         f"{hf} (nothing was written)"),
+        (notes, True, f"--out {notes} is not empty and is not written by qwenpt: it is left as it is; choose a new or "
+                      "empty --out (only an earlier output of `convert import` is replaced, with --overwrite)"),
+        (tmp_path / "export", True, f"--out {tmp_path / 'export'} is not empty and is a qwenpt export: it is left as it "
+                                    "is; choose a new or empty --out (only an earlier output of `convert import` is "
+                                    "replaced, with --overwrite)"),
+        (tmp_path / "earlier", False, f"--out {tmp_path / 'earlier'} holds an earlier qwenpt import: add --overwrite "
+                                      "to replace it, or choose a new or empty --out (nothing was written)"),
+        (tmp_path / "file", True, f"--out {tmp_path / 'file'} is a file, not a folder: choose another --out "
+                                  "(nothing was written)"),
+    ]:
+        _refused(main, capsys, ["import", "--hf", str(hf), "--out", str(out), *(["--overwrite"] if overwrite else [])],
+                 message, tmp_path)
+
+
+def test_import_overwrite_swaps_in_the_new_import_whole(converted, tmp_path, capsys, monkeypatch):
+    """--overwrite replaces an earlier import (one from before the marker too) by a folder written
+    beside it and renamed in; a failure while writing leaves the earlier import as it was."""
+    from qwenpt.convert import hf as hf_module
+    from qwenpt.convert.__main__ import main
+    from qwenpt.convert.hf import import_hf, model_config_of_checkpoint
+
+    dense, tied = converted["dense_gqa"][1], converted["tied"][1]
+    out = tmp_path / "ckpt"
+    with _umask(0o027):
+        assert main(["import", "--hf", str(dense), "--out", str(out)]) == 0
+    assert _modes(out) == {(True, 0o750), (False, 0o640)}
+    assert json.loads((out / "qwenpt_output.json").read_text()) == {"kind": "hf_import", "from": str(dense.resolve())}
+    real_save = hf_module.save_on_demand
+
+    def save_then_fail(model, folder, *args):
+        real_save(model, folder, *args)
+        assert folder.parent == tmp_path and folder != out and (folder / "metadata.json").is_file()
+        assert _tree(out) == before  # the earlier import is untouched while the new one is written
+        raise RuntimeError("disk full")
+
+    before = _tree(out)
+    everything = _tree(tmp_path)
+    monkeypatch.setattr(hf_module, "save_on_demand", save_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_hf(tied, out, overwrite=True)
+    assert _tree(tmp_path) == everything  # no half output, no temporary folder left
+    monkeypatch.undo()
+
+    (out / "qwenpt_output.json").unlink()  # an import written before the marker existed is still an import
+    capsys.readouterr()
+    with _umask(0o022):
+        assert main(["import", "--hf", str(tied), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(out)
+    assert model_config_of_checkpoint(out).tie_embeddings  # the tied model's, not the earlier (untied) one's
+    assert json.loads((out / "qwenpt_output.json").read_text()) == {"kind": "hf_import", "from": str(tied.resolve())}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert _modes(out) == {(True, 0o755), (False, 0o644)}
+
+
+def test_export_overwrite_leaves_no_stale_shard(converted, tmp_path, capsys):
+    """An --overwrite export replaces the earlier one whole: its single model.safetensors does not
+    survive beside the new shards, and transformers loads the new weights. Files follow the umask."""
+    import transformers
+
+    from qwenpt.convert.__main__ import main
+
+    _, dense_hf, dense_ckpt, _ = converted["dense_gqa"]
+    ref, tied_hf, tied_ckpt, _ = converted["tied"]
+    ckpt = shutil.copytree(dense_ckpt, tmp_path / "ckpt")
+    hf = shutil.copytree(tied_hf, tmp_path / "hf")
+    out = tmp_path / "out"
+    with _umask(0o022):
+        assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "qwenpt_output.json"]
+    assert _modes(out) == {(True, 0o755), (False, 0o644)}
+    capsys.readouterr()
+    _refused(main, capsys, ["export", "--ckpt", str(tied_ckpt), "--out", str(out)],
+             f"--out {out} holds an earlier qwenpt export: add --overwrite to replace it, or choose a new or empty "
+             "--out (nothing was written)", tmp_path)
+    _refused(main, capsys, ["export", "--ckpt", str(ckpt), "--out", str(ckpt), "--overwrite"],
+             f"--out {ckpt} is --ckpt {ckpt}, which this conversion reads: choose an --out outside {ckpt} "
+             "(nothing was written)", tmp_path)
+    _refused(main, capsys, ["export", "--ckpt", str(tied_ckpt), "--out", str(hf), "--overwrite"],
+             f"--out {hf} is not empty and is not written by qwenpt: it is left as it is; choose a new or empty "
+             "--out (only an earlier output of `convert export` is replaced, with --overwrite)", tmp_path)
+    _refused(main, capsys, ["export", "--ckpt", str(tied_ckpt), "--out", str(ckpt), "--overwrite"],
+             f"--out {ckpt} is not empty and is a qwenpt import: it is left as it is; choose a new or empty "
+             "--out (only an earlier output of `convert export` is replaced, with --overwrite)", tmp_path)
+    with _umask(0o027):
+        assert main(["export", "--ckpt", str(tied_ckpt), "--out", str(out), "--overwrite", "--max-shard-gib",
+                     str(2 / 1024)]) == 0
+    files = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["files"]
+    assert len(files) > 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*files, "model.safetensors.index.json", "config.json", "qwenpt_output.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf", "out"]
+    assert _modes(out) == {(True, 0o750), (False, 0o640)}
+    assert json.loads((out / "qwenpt_output.json").read_text()) == {"kind": "hf_export", "from": str(tied_ckpt.resolve())}
+    back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    theirs = ref.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in back.state_dict().items())
+    tokens = _tokens(ref.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(back(tokens).logits, ref(tokens).logits)
+
+
+def test_import_refuses_non_finite_weights_naming_the_tensors(converted, tmp_path, capsys):
+    """NaN/Inf in the safetensors end the import with one message naming the tensors and the counts,
+    and the earlier import at --out (even with --overwrite) stays as it was."""
+    from qwenpt.convert.__main__ import main
+    from qwenpt.convert.hf import import_hf
+
+    _, hf_dir, _, _ = converted["dense_gqa"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(hf_dir / "config.json", bad / "config.json")
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    tensors["model.layers.0.mlp.up_proj.weight"][0, :3] = float("nan")
+    tensors["model.norm.weight"][5] = float("-inf")
+    save_file(tensors, str(bad / "model.safetensors"))
+    import_hf(hf_dir, tmp_path / "ckpt")
+    message = (f"{bad}: 4 non-finite values (NaN or Inf) in 2 tensors: model.layers.0.mlp.up_proj.weight (3), "
+               "model.norm.weight (1) (nothing was written); the checkpoint is damaged: download or copy it again")
+    _refused(main, capsys, ["import", "--hf", str(bad), "--out", str(tmp_path / "ckpt"), "--overwrite"], message, tmp_path)
+    _refused(main, capsys, ["import", "--hf", str(bad), "--out", str(tmp_path / "new")], message, tmp_path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -402,7 +403,7 @@ def test_mixture_weights_match_hand_computed():
 def test_mix_writes_a_data_config_train_py_reads(tmp_path):
     from test_config import compose_cfg
 
-    from qwenpt.config import validate
+    from qwenpt.config import ConfigError, validate
     from qwenpt.data import dataset_config, load_tokenizer, resolve_blend
 
     src = tmp_path / "src"
@@ -424,8 +425,12 @@ def test_mix_writes_a_data_config_train_py_reads(tmp_path):
     assert [Path(e["prefix"]).name for e in data["blend"]] == ["de", "en", "ja"]
     assert [e["weight"] for e in data["blend"]] == pytest.approx([mix.weights[g] for g in ("de", "en", "ja")])
     cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mymix")  # as train.py data=mymix
-    validate(cfg)
     assert cfg.data.tokenizer == str(BUNDLED_TOKENIZER.resolve()) and cfg.data.split == "95,5,0"
+    with pytest.raises(ConfigError, match=r"data.blend\[0\].prefix: .*/de holds 4 documents, of which data.split "
+                                          "'95,5,0' gives the valid split 0; the valid split needs at least 11"):
+        validate(cfg)  # 2-8 documents a language: 95,5,0 leaves validation none (megatron-core would spin)
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mymix", "data.split='50,50,0'")
+    validate(cfg)
     tok = load_tokenizer(cfg.data)
     blend = resolve_blend(cfg.data, tok)
     assert blend.prefixes == [e["prefix"] for e in data["blend"]]
@@ -621,3 +626,55 @@ def test_prepare_cli_imports_neither_torch_nor_megatron(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "HEAVY [] 0" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_rerun_with_fewer_languages_removes_the_datasets_its_previous_manifest_listed(tmp_path, caplog):
+    """A rerun with --languages en into the same folder: the other languages' datasets go (the manifest no
+    longer lists them), logged; files qwenpt did not write stay."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for lang in ("en", "de", "ja"):
+        write_jsonl(src / f"{lang}.jsonl", corpus_docs(lang, 3))
+    out = tmp_path / "out"
+    first = run_prepare(out, src)
+    assert first.prefixes() == ["de", "en", "ja"]
+    (out / "mine.bin").write_bytes(b"user")  # not qwenpt's: never removed
+    (out / "notes.idx").write_bytes(b"user")
+    with caplog.at_level(logging.INFO, logger="data_pipeline.prepare"):
+        second = run_prepare(out, src, clean=CleanConfig(languages=("en",)))
+    assert second.prefixes() == ["en"] and second.groups()["en"]["documents"] == 3
+    datasets = sorted(p.name for p in out.iterdir() if p.suffix in (".bin", ".idx"))
+    assert datasets == ["en.bin", "en.idx", "mine.bin", "notes.idx"]
+    removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed ")]
+    assert removed == [f"removed {lang}.idx and {lang}.bin from {out}: the previous run's manifest listed it, this run "
+                       "has no documents for it" for lang in ("de", "ja")]
+    assert IndexedDataset(str(out / "en")).sequence_lengths.size == 3
+
+
+def test_an_empty_input_warns_and_a_run_of_no_documents_fails(tmp_path, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty.jsonl").write_bytes(b"")
+    (src / "blank.jsonl").write_bytes(b"\n\n")
+    write_jsonl(src / "en.jsonl", corpus_docs("en", 2))
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.prepare"):
+        m = run_prepare(tmp_path / "out", src)
+    assert m.total("documents") == 2
+    warned = [r.getMessage() for r in caplog.records if "holds no records" in r.getMessage()]
+    assert len(warned) == 2 and any(str(src / "empty.jsonl") in w for w in warned)
+    assert any(str(src / "blank.jsonl") in w for w in warned)
+
+    r = subprocess.run([sys.executable, "-m", "data_pipeline", "prepare", str(src / "empty.jsonl"), str(src / "blank.jsonl"),
+                        "-o", str(tmp_path / "none"), "--tokenizer", str(BUNDLED_TOKENIZER), "--no-progress"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("holds no records (0 read, 0 dropped)") == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [(f"error: the 2 input file(s) gave 0 documents (dropped: no records were read; see "
+                       f"{tmp_path / 'none' / 'rejects.jsonl'}), so there is no dataset to write and "
+                       f"{tmp_path / 'none' / 'manifest.parquet'} was not written; check the inputs and --text-field, "
+                       "--format, --languages and the cleaning options")]
+    assert not (tmp_path / "none" / "manifest.parquet").exists()
+    bad = write_jsonl(src / "bad.jsonl", [{"body": "x"}, {"text": "hi", "lang": "de"}])
+    with pytest.raises(ValueError, match=r"gave 0 documents \(dropped: language_filtered 1, missing_text_field 1;"):
+        run_prepare(tmp_path / "bad", bad, clean=CleanConfig(languages=("en",)))

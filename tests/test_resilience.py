@@ -87,7 +87,8 @@ def test_no_intact_checkpoint_stops_with_a_message(tmp_path):
     (root / "step_00000002" / "common.pt").unlink()
     _, _, error, _ = _decide(compose_cfg(), root)
     assert error.startswith(f"checkpoint.resume: no intact checkpoint in {root}: checkpoint ")
-    assert error.endswith("Move the damaged ones away to start over (or set checkpoint.resume=false).")
+    assert error.endswith("Move the damaged ones out of that folder to resume from an older one, or start a new run in "
+                          "another folder (train.run_dir=<new>, with checkpoint.init_from=<a checkpoint> to keep its weights).")
     assert _decide(compose_cfg(), tmp_path / "empty") == (None, [], None, {})  # nothing there: start fresh
 
 

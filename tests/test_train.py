@@ -73,17 +73,19 @@ def _wait_for_step(run_dir, step: int, proc) -> None:
 
 
 @pytest.mark.slow
-def test_stop_request_checkpoints_and_resumes_step_for_step(tmp_path, reference16):
-    """SIGUSR1 (what Slurm's --signal delivers) makes the run save and exit cleanly mid-way; rerunning
-    the same command finishes it bit for bit. (The stop file: tests/test_slurm.py, end to end.)"""
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_request_checkpoints_and_resumes_step_for_step(tmp_path, reference16, signum):
+    """SIGUSR1 (what Slurm's --signal delivers) or SIGTERM (a scheduler's stop, `kill`) makes the run save
+    and exit cleanly mid-way; rerunning the same command finishes it bit for bit. (The stop file:
+    tests/test_slurm.py, end to end.)"""
     run_dir = tmp_path / "run"
     first = subprocess.Popen(_train_cmd(run_dir, *RESUME), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_step(run_dir, 0, first)
-    first.send_signal(signal.SIGUSR1)
+    first.send_signal(signum)
     out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out[-3000:]
     stopped = int(out.split("stopped at step ")[1].split()[0])
-    assert 1 <= stopped < 14 and f"stopped at step {stopped} of 16 on request (signal)" in out
+    assert 1 <= stopped < 14 and f"stopped at step {stopped} of 16 on request (signal {signum.name})" in out
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
 
     last = run_train(run_dir, *RESUME)

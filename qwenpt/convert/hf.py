@@ -32,6 +32,7 @@ from qwenpt.convert.hf_io import (
     model_config_from_hf,
     read_hf_config,
 )
+from qwenpt.convert.output import check_output, replacing
 from qwenpt.convert.stream import save_on_demand
 from qwenpt.models import build_model, rope
 from qwenpt.models.registry import FAMILIES
@@ -108,13 +109,33 @@ def _stored_dtype(ckpt: Path) -> str:
     return str(embedding.dtype).removeprefix("torch.")
 
 
+def _non_finite(t: torch.Tensor) -> int:
+    """How many NaN/Inf values ``t`` holds (counted in chunks: no full-size mask of a large tensor)."""
+    if not t.is_floating_point():
+        return 0
+    return sum(int(chunk.isfinite().logical_not().sum()) for chunk in t.reshape(-1).split(1 << 24))
+
+
 def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None, family: Optional[str] = None,
-              dtype: Optional[str] = None) -> dict:
+              dtype: Optional[str] = None, overwrite: bool = False) -> dict:
     """Convert a Hugging Face Qwen directory into a megatron-core dist checkpoint at ``out``, one
     tensor at a time: the model exists only on the meta device, and each parameter is read from the
-    safetensors and converted when the writer reaches it (:mod:`qwenpt.convert.stream`)."""
+    safetensors and converted when the writer reaches it (:mod:`qwenpt.convert.stream`). ``out`` is
+    written as :mod:`qwenpt.convert.output` says (``overwrite``: replace an earlier import there)."""
     start = time.perf_counter()
     hf_dir, out = Path(hf_dir), Path(out)
+    with replacing(out, "hf_import", inputs={"--hf": hf_dir}, overwrite=overwrite,
+                   record={"from": str(hf_dir.resolve())}) as tmp:
+        summary = _import_into(hf_dir, tmp, name, family, dtype)
+    summary = {"checkpoint": str(out), **summary, "seconds": round(time.perf_counter() - start, 2)}
+    log.info("imported %s (%s, %.3fB parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir,
+             summary["model"]["family"], summary["parameters"] / 1e9, summary["dtype"], out, summary["seconds"],
+             summary["peak_rss_gib"])
+    return summary
+
+
+def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[str], dtype: Optional[str]) -> dict:
+    """import_hf's conversion, into the empty folder ``out``; refuses non-finite weights once all are read."""
     cfg = read_hf_config(hf_dir)
     m = model_config_from_hf(cfg, name or hf_dir.name.lower(), family, source=str(hf_dir / "config.json"))
     validate_model(m)
@@ -144,11 +165,14 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
             raise ConfigError(f"{hf_dir}: tensor {key} has shape {list(got)}, but config.json's architecture "
                               f"needs {list(shape)} (nothing was written)")
     last: dict[str, torch.Tensor] = {}
+    non_finite: dict[str, int] = {}  # tensor -> its NaN/Inf count, for those that hold any
 
     def get_raw(key: str) -> torch.Tensor:  # keeps the last one: Qwen v1's c_attn serves q, k and v
         if key not in last:
             last.clear()
             last[key] = reader.get(key)
+            if n := _non_finite(last[key]):
+                non_finite[key] = n
         return last[key]
 
     if _layout(m) == "qwen":
@@ -158,20 +182,24 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
         get = get_raw
     run_config = OmegaConf.to_yaml({"model": dataclasses.asdict(m), "convert": {"from": str(hf_dir), "dtype": dtype}})
     save_on_demand(model, out, lambda param: qwen2.megatron_param(param, get, m), DTYPES[dtype], run_config)
-    n = sum(t.numel() for t in meta.values())
-    summary = {"checkpoint": str(out), "model": dataclasses.asdict(m), "parameters": n, "tensors_read": len(expected),
-               "dtype": dtype, "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
-    log.info("imported %s (%s, %.3fB parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir, m.family,
-             n / 1e9, dtype, out, summary["seconds"], summary["peak_rss_gib"])
-    return summary
+    if non_finite:
+        named = ", ".join(f"{k} ({n})" for k, n in sorted(non_finite.items())[:5])
+        raise ConfigError(f"{hf_dir}: {sum(non_finite.values())} non-finite values (NaN or Inf) in {len(non_finite)} "
+                          f"tensors: {named}{', ...' if len(non_finite) > 5 else ''} (nothing was written); "
+                          "the checkpoint is damaged: download or copy it again")
+    return {"model": dataclasses.asdict(m), "parameters": sum(t.numel() for t in meta.values()),
+            "tensors_read": len(expected), "dtype": dtype, "peak_rss_gib": round(_peak_rss_gib(), 3)}
 
 
 def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
-              dtype: Optional[str] = None, max_shard_gib: float = 5.0) -> dict:
+              dtype: Optional[str] = None, max_shard_gib: float = 5.0, overwrite: bool = False) -> dict:
     """Write a megatron-core checkpoint (any layout, full or seed) as a Hugging Face directory. It
     loads the model once at TP=PP=1 (dist_checkpointing gathers any layout's shards), in the
-    export dtype, then writes it shard by shard."""
+    export dtype, then writes it shard by shard. ``out`` is written as :mod:`qwenpt.convert.output`
+    says (``overwrite``: replace an earlier export there, whole: no old shard survives)."""
     start = time.perf_counter()
+    check_output(out, "hf_export", {"--ckpt": ckpt}, overwrite)  # before the model is loaded
+    source = ckpt
     ckpt = checkpoint.resolve(ckpt)
     m = model_config_of_checkpoint(ckpt)
     dtype = dtype or _stored_dtype(ckpt)
@@ -180,13 +208,14 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Pa
     model = _world_of_one(m, DTYPES[dtype])  # loading casts the stored weights to it
     checkpoint.load_model(ckpt, [model])
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    out = Path(out)
-    writer = ShardedSafetensorsWriter(out, int(max_shard_gib * 1024**3))
-    for group in _groups(m):
-        writer.add(_to_hf(state, m, group))
-    files = writer.close()
-    (out / "config.json").write_text(json.dumps(hf_config_for(m, DTYPES[dtype]), indent=2) + "\n")
-    copied = copy_tokenizer(tokenizer, out) if tokenizer else []
+    with replacing(out, "hf_export", inputs={"--ckpt": source}, overwrite=overwrite,
+                   record={"from": str(ckpt.resolve())}) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, int(max_shard_gib * 1024**3))
+        for group in _groups(m):
+            writer.add(_to_hf(state, m, group))
+        files = writer.close()
+        (tmp / "config.json").write_text(json.dumps(hf_config_for(m, DTYPES[dtype]), indent=2) + "\n")
+        copied = copy_tokenizer(tokenizer, tmp) if tokenizer else []
     summary = {"out": str(out), "files": files, "tokenizer_files": copied, "bytes": writer.total_bytes,
                "dtype": dtype, "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
     log.info("exported %s to %s: %d files, %.2f GB %s, in %.1f s", ckpt, out, len(files), writer.total_bytes / 1e9,

@@ -12,8 +12,6 @@ read by ``dist_checkpointing.load`` at any layout.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +27,16 @@ from megatron.core.dist_checkpointing.strategies.torch import (
     mcore_to_pyt_state_dict,
 )
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import WriteItemType
+
+
+class _Writer(FileSystemWriter):
+    """torch's sequential writer, recording no path in ``.metadata``: the folder is renamed once written,
+    and a pickled path object is a type qwenpt's checkpoint loader refuses (:mod:`qwenpt.safe_load`)."""
+
+    def storage_meta(self) -> StorageMeta:
+        return StorageMeta(save_id=self.save_id)
 
 
 class _OnDemandSave(TorchDistSaveShardedStrategy):
@@ -50,14 +57,14 @@ class _OnDemandSave(TorchDistSaveShardedStrategy):
                 return resolve(write_item.index.fqn, tuple(write_item.index.offset))
 
         dcp.save(mcore_to_pyt_state_dict(flat, False), no_dist=True,
-                 storage_writer=FileSystemWriter(str(checkpoint_dir), single_file_per_rank=True, thread_count=1),
+                 storage_writer=_Writer(str(checkpoint_dir), single_file_per_rank=True, thread_count=1),
                  planner=Planner(can_run_decentralized_global_plan=False))
 
 
 def save_on_demand(meta_model: torch.nn.Module, out: str | Path, produce: Callable[[str], torch.Tensor],
                    dtype: torch.dtype, run_config: str, cache_size: int = 2) -> Path:
     """Write ``meta_model``'s weights, each parameter made by ``produce(name)`` when it is written,
-    as a checkpoint at ``out`` (atomically: a temporary directory renamed into place)."""
+    as a checkpoint into the empty folder ``out`` (the caller publishes it: :mod:`qwenpt.convert.output`)."""
     sharded = meta_model.sharded_state_dict()
     apply_factories(sharded)
     where: dict[tuple, tuple] = {}  # (checkpoint key, global offset) -> (parameter, storage offset, shape, axes)
@@ -89,11 +96,6 @@ def save_on_demand(meta_model: torch.nn.Module, out: str | Path, produce: Callab
         return cache[name].reshape(-1)[start:start + numel].view((1,) * axes + shape)
 
     out = Path(out)
-    tmp = out.with_name(f".tmp_{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    dist_checkpointing.save(sharded, str(tmp), sharded_strategy=_OnDemandSave(resolve))
-    (tmp / "run_config.yaml").write_text(run_config)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    dist_checkpointing.save(sharded, str(out), sharded_strategy=_OnDemandSave(resolve))
+    (out / "run_config.yaml").write_text(run_config)
     return out

@@ -44,9 +44,8 @@ def _mixture(data: dict) -> dict[str, float]:
 
 
 def run_rows(run_dir: Path) -> list[dict]:
-    import json
-
     from qwenpt.flops import training_flops_per_token
+    from qwenpt.metrics import read_metrics
     from qwenpt.models.size import param_counts
 
     config_file = run_dir / ".hydra" / "config.yaml"
@@ -59,7 +58,7 @@ def run_rows(run_dir: Path) -> list[dict]:
     flops_per_token = training_flops_per_token(model, seq)
     mix = _mixture(cfg["data"])
     steps = int(cfg["train"]["steps"])
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     rows, pending = [], []
     for r in records:
         if r["kind"] == "train":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import logging
 import math
@@ -33,7 +35,7 @@ from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
 from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
 from qwenpt.training.optim import build_optimizer, build_scheduler
-from qwenpt.training import extend
+from qwenpt.training import extend, run_folder
 from qwenpt.training.resume import select_checkpoint
 from qwenpt.training.watchdog import Watchdog
 
@@ -59,13 +61,17 @@ class StopRequest:
         self._reason: Any = _UNASKED
         self.device = device
         self.stop_file = Path(stop_file) if stop_file and is_main else None
-        if signal_name is not None:
-            signal.signal(getattr(signal, signal_name), self._on_signal)
+        # SIGTERM (a scheduler's stop, `kill`) too: the step ends, a checkpoint is saved; a second one ends at once
+        for name in {signal_name, "SIGTERM"} - {None}:
+            signal.signal(getattr(signal, name), self._on_signal)
         if self.stop_file is not None and self.stop_file.exists():
             log.warning("removing a stop file left by an earlier run: %s", self.stop_file)
             self.stop_file.unlink()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGTERM:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
         self.received = signal.Signals(signum).name
 
     def exchange(self, nonfinite: bool) -> bool:
@@ -79,7 +85,7 @@ class StopRequest:
         flag = torch.tensor([local, int(nonfinite)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         reason, nonfinite = flag.tolist()  # one read-back for both
-        self._reason = {0: None, 1: "signal", 2: "stop file"}[reason]
+        self._reason = {0: None, 1: f"signal {self.received or 'on another rank'}", 2: "stop file"}[reason]
         return bool(nonfinite)
 
     def requested(self) -> Optional[str]:
@@ -92,6 +98,17 @@ class StopRequest:
     def clear(self) -> None:
         if self.stop_file is not None:
             self.stop_file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _halt_on_full_disk(step: int, last_good: Any) -> Iterator[None]:
+    """A save that finds no space stops the run with one message (the checkpoint's words, and the last good one)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise TrainingHalted(f"step {step}: {err.strerror}. Last good checkpoint: {last_good()}.") from None
 
 
 def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
@@ -197,6 +214,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         world = distributed.world_size_from_env()
         validate(cfg, world)
+        # rank 0 checks and locks the run folder before anything is written into it (or anywhere)
+        self.folder = _claim(cfg)
         # megatron-core logs each dataset build and DDP bucket at INFO; qwenpt logs a summary instead
         logging.getLogger("megatron.core").setLevel(logging.WARNING)
         self.cfg = cfg
@@ -372,7 +391,8 @@ class Trainer:
                 f"step {self.step}: the weights hold NaN/Inf; refusing to save a checkpoint from them. "
                 f"Last good checkpoint: {self._last_good()}."
             )
-        with self.watchdog.watch(f"checkpoint save at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
+        with self.watchdog.watch(f"checkpoint save at step {self.step}", self.cfg.train.watchdog.collective_timeout_s), \
+                _halt_on_full_disk(self.step, self._last_good):
             self.saver.save(
                 self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
                 progress={"consumed_samples": self.consumed, "sample_horizon": self.horizon},
@@ -404,6 +424,8 @@ class Trainer:
         if self.step >= t.steps:
             log.info("already at step %d of %d: training is complete", self.step, t.steps)
             return {"step": self.step}
+        if self.folder is not None:
+            self.folder.record(cfg)
         tokens_per_step = t.global_batch_size * cfg.data.seq_length
         iterators = self.train_iterators()
         bar = tqdm(
@@ -451,7 +473,8 @@ class Trainer:
                 window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
             if self.step % t.eval_interval == 0 or self.step == t.steps:
                 self._log_eval(bar)
-            saved = self.step % cfg.checkpoint.save_interval == 0 or self.step == t.steps
+            every = cfg.checkpoint.save_interval
+            saved = (every > 0 and self.step % every == 0) or self.step == t.steps
             if saved:
                 self.save()
             reason = self.stop.requested() if self.step < t.steps else None
@@ -493,11 +516,21 @@ class Trainer:
         finally:
             self.watchdog.close()
             self.metrics.close()
+            if self.folder is not None:
+                self.folder.release()
+
+
+def _claim(cfg: DictConfig) -> Optional[run_folder.RunFolder]:
+    """The run folder, checked and locked by global rank 0 (None on the other ranks)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return run_folder.claim(cfg.train.run_dir, cfg, run_folder.hydra_overrides())
 
 
 def create_seed(cfg: DictConfig) -> Path:
     """Initialise the model once, in one process, and save its weights for runs in any layout."""
     validate(cfg, distributed.world_size_from_env())
+    _claim(cfg)
     logging.getLogger("megatron.core").setLevel(logging.WARNING)
     distributed.initialize(cfg.parallel, cfg.train.seed)
     chunks = build_model(cfg.model, cfg.parallel, resolve_dtype(cfg.train.precision))

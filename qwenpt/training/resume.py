@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qwenpt import checkpoint
 from qwenpt.config import ConfigError
+from qwenpt.safe_load import UnsafeCheckpoint, verify_checkpoint
 
 log = logging.getLogger("qwenpt")
 
@@ -88,9 +89,14 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
         if problems:
             return None, [], (
                 f"checkpoint.resume: no intact checkpoint in {ckpt_dir}: " + "; ".join(problems)
-                + ". Move the damaged ones away to start over (or set checkpoint.resume=false)."
+                + ". Move the damaged ones out of that folder to resume from an older one, or start a new run in another "
+                "folder (train.run_dir=<new>, with checkpoint.init_from=<a checkpoint> to keep its weights)."
             ), {}
         return None, [], None, {}
+    try:
+        verify_checkpoint(path)
+    except UnsafeCheckpoint as err:
+        return None, [], f"checkpoint.resume: {err}", {}
     notes = [p + (f"; resuming from {path.name} instead" if "damaged" in p else "") for p in problems]
     saved_file = path / "run_config.yaml"
     if not saved_file.is_file():
