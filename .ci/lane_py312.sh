@@ -3,7 +3,7 @@
 # lane, .ci/run, runs 0.16.1 on Python 3.11). Its own virtualenv, everything from PyPI (on Python 3.12 pip
 # takes torch's CUDA wheel, which runs on the CPU), then the tests that touch megatron-core: the CPU layer,
 # the model, the training loop and bf16, checkpoints and resume, Hugging Face interop, the parallel
-# layouts against one process, the GPU step's host budget and the training data order.
+# layouts against one process, the GPU step's host budget, the training data order and what loading trusts.
 #
 #   bash .ci/lane_py312.sh [pytest args...]      (QWENPT_PY312_VENV=DIR reuses an installed venv)
 set -euo pipefail
@@ -19,4 +19,4 @@ if [ -z "${QWENPT_PY312_VENV:-}" ]; then
 fi
 "$VENV/bin/python" -c "import sys, torch, megatron.core; print(f'lane py312: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}')"
 "$VENV/bin/python" -m pytest -q tests/test_cpu_compat.py tests/test_models.py tests/test_train.py tests/test_precision.py \
-    tests/test_convert.py tests/test_parallel.py tests/test_long_context.py tests/test_gpu_bench.py tests/test_gpu_step.py tests/test_data_order.py "$@"
+    tests/test_convert.py tests/test_parallel.py tests/test_long_context.py tests/test_gpu_bench.py tests/test_gpu_step.py tests/test_data_order.py tests/test_trust.py "$@"

@@ -243,7 +243,7 @@ def test_dataset_with_token_ids_beyond_the_vocabulary_is_refused(tmp_path):
 
     prefix = tmp_path / "wide"
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.int32)
-    for doc in ([5, 6, 7], [8, 9000, 3]):
+    for doc in [[5, 6, 7]] * 20 + [[8, 9000, 3]]:  # enough documents for the default split's validation share
         builder.add_document(torch.tensor(doc), [len(doc)])
     builder.finalize(f"{prefix}.idx")
     cfg = compose_cfg(f"data.cache_dir={tmp_path / 'cache'}", f"+data.blend=[{{prefix: {prefix}, weight: 1.0}}]")
