@@ -8,21 +8,22 @@ configuration or input the run cannot use, with code 2 and one message.
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from qwenpt.config import register
+from qwenpt.config import ConfigError, check_override_keys, register
 
 register()
 
 HALTED_EXIT_CODE = 3
 CONFIG_EXIT_CODE = 2
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from qwenpt.config import ConfigError
     from qwenpt.training import run
     from qwenpt.training.guard import TrainingHalted
 
@@ -37,4 +38,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # a misspelt key: the closest settings, not Hydra's advice to add it with +key=
+        check_override_keys(sys.argv[1:], CONF)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(CONFIG_EXIT_CODE)
     main()

@@ -25,7 +25,7 @@ Example:
   python -m data_pipeline prepare 'corpus/*.jsonl.gz' --output data/corpus --tokenizer qwen2
   python -m data_pipeline mix data/corpus/manifest.parquet --budget 20B --method unimax --max-epochs 4 \\
       --out conf/data/corpus_unimax.yaml
-  python train.py data=corpus_unimax
+  python train.py model=qwen2_0.5b data=corpus_unimax   # the command mix prints: a model the tokenizer fits
 """
 
 
@@ -232,7 +232,9 @@ def _mix(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from data_pipeline.manifest import Manifest
-    from data_pipeline.mixture import compute_mixture, parse_tokens, parse_weights, write_data_config
+    from data_pipeline.mixture import (
+        compute_mixture, parse_tokens, parse_weights, run_folder, train_command, write_data_config,
+    )
 
     manifest = Manifest.read(args.manifest)
     mixture = compute_mixture(
@@ -241,8 +243,9 @@ def _mix(args: argparse.Namespace) -> int:
     )
     if args.out:
         write_data_config(args.out, manifest, mixture, args.seq_length)
+    command = train_command(args.out, manifest) if args.out else None
     if args.json:
-        print(json.dumps({**mixture.as_dict(), "out": args.out}, ensure_ascii=False))
+        print(json.dumps({**mixture.as_dict(), "out": args.out, "train": command}, ensure_ascii=False))
         return 0
     table = Table(title=f"{mixture.method} mixture, budget {mixture.budget:,} tokens")
     for name in ("dataset", "tokens", "share", "epochs"):
@@ -252,7 +255,9 @@ def _mix(args: argparse.Namespace) -> int:
         table.add_row(g, f"{mixture.tokens[g]:,}", f"{w:.4f}", f"{epochs[g]:.3f}")
     Console().print(table)
     if args.out:
-        print(f"wrote {args.out}; train on it with `python train.py data={Path(args.out).stem}` (file in conf/data/)")
+        out = Path(args.out).resolve()
+        where = "" if out.parent.name == "data" and out.parent.parent.name == "conf" else ", once the file is in conf/data/"
+        print(f"wrote {args.out}; train on it (a new run in {run_folder(out, manifest)}{where}):\n  {command}")
     return 0
 
 

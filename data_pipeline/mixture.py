@@ -140,9 +140,10 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
-def data_config(manifest: Manifest, mixture: Mixture, seq_length: int | None = None) -> dict:
-    """The ``data`` group config for train.py: absolute dataset prefixes with their shares, and the
-    tokenizer the corpus was prepared with. Datasets with share 0 are left out."""
+def data_config(name: str, manifest: Manifest, mixture: Mixture, seq_length: int | None = None) -> dict:
+    """The ``data`` group config for train.py: its name (which names the run folder), absolute dataset
+    prefixes with their shares, and the tokenizer the corpus was prepared with. Datasets with share 0 are
+    left out."""
     root = Path(manifest.path).resolve().parent if manifest.path else Path.cwd()
     groups = manifest.groups()
     blend = [
@@ -150,14 +151,45 @@ def data_config(manifest: Manifest, mixture: Mixture, seq_length: int | None = N
         for g, w in mixture.weights.items()
         if w > 0
     ]
-    config: dict = {"blend": blend, "tokenizer": manifest.tokenizer}
+    config: dict = {"name": name, "blend": blend, "tokenizer": manifest.tokenizer}
     if seq_length is not None:
         config["seq_length"] = seq_length
     return config
 
 
+# The smallest model config (conf/model/) of each Qwen tokenizer's vocabulary; any other tokenizer trains the
+# tiny CPU model, whose vocabulary (conf/model/tiny.yaml) is the bundled 8192-token BPE's
+QWEN_MODELS = {"qwen2": "qwen2_0.5b", "qwen2.5": "qwen2.5_0.5b", "qwen3": "qwen3_0.6b"}
+TINY_VOCAB = 8192
+
+
+def model_overrides(manifest: Manifest) -> list[str]:
+    """train.py's model overrides for a model whose vocabulary holds the corpus's token ids: the
+    default ``data.tokenizer`` follows the model, so a printed ``data=`` alone could pick a model the ids
+    do not fit (or resume another run)."""
+    if manifest.tokenizer.lower() in QWEN_MODELS:
+        return [f"model={QWEN_MODELS[manifest.tokenizer.lower()]}"]
+    vocab = int(manifest.meta.get("vocab_size") or 0)
+    if vocab <= TINY_VOCAB:
+        return ["model=tiny"]
+    return ["model=tiny", f"model.vocab_size={-(-vocab // 128) * 128}"]  # padded to a multiple of 128, as Qwen's
+
+
+def train_command(path: str | Path, manifest: Manifest) -> str:
+    """The train.py command for the data config at ``path`` (once in conf/data/): a new run, in
+    runs/<model>-<data name>."""
+    return " ".join(["python train.py", *model_overrides(manifest), f"data={Path(path).stem}"])
+
+
+def run_folder(path: str | Path, manifest: Manifest) -> str:
+    """The default run folder of :func:`train_command`'s run (conf/train: runs/${model.name}-${data.name})."""
+    model = model_overrides(manifest)[0].removeprefix("model=")
+    return f"runs/{model}-{Path(path).stem}"
+
+
 def write_data_config(path: str | Path, manifest: Manifest, mixture: Mixture, seq_length: int | None = None) -> Path:
-    """Write the Hydra ``data`` YAML, with the mixture's shares and epochs as a comment header."""
+    """Write the Hydra ``data`` YAML (named after the file), with the mixture's shares and epochs and the
+    command that trains on it as a comment header."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     epochs = mixture.epochs()
@@ -165,8 +197,9 @@ def write_data_config(path: str | Path, manifest: Manifest, mixture: Mixture, se
         f"# Written by `python -m data_pipeline mix` from {manifest.path}",
         f"# method {mixture.method}, budget {mixture.budget:,} tokens; per dataset: share, tokens available, epochs",
         *(f"#   {g}: {w:.4f}, {mixture.tokens[g]:,}, {epochs[g]:.3f}" for g, w in mixture.weights.items()),
-        f"# Use it: put this file in conf/data/ and run `python train.py data={path.stem}`.",
+        f"# Use it: put this file in conf/data/ and run `{train_command(path, manifest)}` "
+        f"(a new run in {run_folder(path, manifest)}).",
     ]
-    body = yaml.safe_dump(data_config(manifest, mixture, seq_length), sort_keys=False, allow_unicode=True)
+    body = yaml.safe_dump(data_config(path.stem, manifest, mixture, seq_length), sort_keys=False, allow_unicode=True)
     path.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
     return path

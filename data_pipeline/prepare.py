@@ -214,6 +214,8 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
                 if not result.stats["rows"] and not result.stats["rejects"]:
                     log.warning("%s holds no records (0 read, 0 dropped): nothing of it is in the output; an empty "
                                 "file, or one in another format (--format, --text-unit)?", path)
+                elif not result.stats["rows"]:
+                    _warn_missing_text_field(path, reader, result)
                 results.append((shard_dir.relative_to(out).as_posix(), result))
         finally:
             stream.close()  # stops the parsing and tokenizing threads, after an error too
@@ -228,6 +230,21 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
         len(files), elapsed, manifest.total("documents"), manifest.total("tokens"), manifest.total("dropped"), out,
     )
     return manifest
+
+
+def _warn_missing_text_field(path: Path, reader: Reader, result: ShardResult) -> None:
+    """A file none of whose records has the text field is otherwise only a missing_text_field count:
+    name the fields its records have and the option that picks one (the longest text, as the example)."""
+    missing = sum(n for _, _, reason, n in result.stats["rejects"] if reason == "missing_text_field")
+    fields = reader.field_names(path) if missing else {}
+    if not fields or reader.text_field in fields:
+        return
+    best = max(fields, key=lambda name: fields[name])
+    log.warning(
+        "%s: no record has the text field %r (%d dropped as missing_text_field); its records have the fields "
+        "%s: pass the one that holds the text, e.g. --text-field %s",
+        path, reader.text_field, missing, ", ".join(fields), best if fields[best] else "FIELD",
+    )
 
 
 def shard_name(path: Path) -> str:

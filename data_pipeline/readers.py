@@ -13,6 +13,7 @@ import codecs
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
 import shutil
@@ -258,6 +259,26 @@ class Reader:
         except _damage_errors() as err:
             reason = "unreadable_file" if isinstance(err, PermissionError) else "truncated_or_corrupt_file"
             rejects.add(reason, str(path), position[0] + 1, f"{type(err).__name__}: {err}", source=source_name(path))
+
+    def field_names(self, path: Path, limit: int = 100) -> dict[str, int]:
+        """The fields of the first ``limit`` JSONL records of ``path``, in order of appearance, each with the
+        characters of text its values hold: what to offer as ``--text-field`` when no record has the one
+        asked for (Parquet names its columns when the column is missing; plain text has no fields)."""
+        seen: dict[str, int] = {}
+        if file_format(path, self.fmt) != "jsonl":
+            return seen
+        units = self.units(path, Drops())
+        try:
+            for _, raw in itertools.islice(units, limit):
+                try:
+                    fields = _loads(raw)
+                except ValueError:  # invalid UTF-8 or JSON: counted by parse, not a field
+                    continue
+                for name, value in fields.items() if isinstance(fields, dict) else ():
+                    seen[name] = seen.get(name, 0) + (len(value) if isinstance(value, str) else 0)
+        finally:
+            units.close()
+        return seen
 
     def parse(self, path: Path, units: Sequence[tuple[int, Any]], rejects: Rejects | Drops) -> Iterator[Record]:
         """The good records among ``units`` of ``path`` (from :meth:`units`); the rest counted in ``rejects``."""

@@ -1,6 +1,6 @@
 """The token batches a run reads, step by step, rebuilt from its configuration.
 
-    python -m qwenpt.batches dump --run runs/tiny --steps 7:12 [--out batches.npz] [--config FILE]
+    python -m qwenpt.batches dump --run runs/tiny-sample --steps 7:12 [--out batches.npz] [--config FILE]
 
 For debugging and for checking a run against an independent implementation: step k's global batch is
 samples ``(k - 1) x B .. k x B - 1`` of the training index (B = ``train.global_batch_size``; every

@@ -114,6 +114,9 @@ class BlendEntry:
 
 @dataclass
 class DataConfig:
+    # The data config's name (conf/data/<name>.yaml sets it): names the default run folder,
+    # runs/<model.name>-<data.name>, so other data starts another run instead of resuming one.
+    name: str = "sample"
     # Empty blend: use the bundled multilingual sample (tokenized into cache_dir on first use).
     blend: List[BlendEntry] = field(default_factory=list)
     # qwen2 / qwen2.5 / qwen3 (rebuilt offline), a tokenizer.json or a directory holding one; null: qwen2
@@ -204,7 +207,7 @@ class TrainConfig:
     # Validation loss per position bucket (the sequence cut into this many equal spans; with document masking
     # the token's position in its document): metrics "position_loss", whether the model uses long context. 0: off
     eval_position_buckets: int = 8
-    run_dir: str = "runs/${model.name}"
+    run_dir: str = "runs/${model.name}-${data.name}"
     peak_tflops: Optional[float] = None  # per device, for MFU; null: known GPUs, none on CPU
     # torch's intra-op CPU threads per process (torch.set_num_threads); null: torch's choice. On a shared CPU
     # machine, processes x threads above the cores slows every step (measured 2-3x at 2 threads x 2 on 2 cores)
@@ -269,6 +272,10 @@ class CheckpointConfig:
     # than the checkpoint's: false refuses and lists the differences; true rebuilds the schedule from the new
     # config, keeping the step count.
     override_schedule: bool = False
+    # Resuming with other data or batch (train.global_batch_size/seed, data.blend/sample_weights/split/seq_length/
+    # tokenizer) than the checkpoint's: false refuses and lists the differences (a new run wants a new
+    # train.run_dir); true goes on with the new data at the checkpoint's data position (consumed samples).
+    override_data: bool = False
 
 
 @dataclass
@@ -468,6 +475,53 @@ def _unknown_keys(node: Any, path: str = "") -> None:
             for i, item in enumerate(child):
                 if isinstance(item, DictConfig):
                     _unknown_keys(item, f"{name}[{i}].")
+
+
+def schema_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections (``train.guard``) and settings (``train.guard.spike_factor``):
+    what a command-line override may name, and what a misspelt one is matched against."""
+    keys = []
+    for f in dataclasses.fields(schema):
+        keys.append(f"{prefix}{f.name}")
+        nested = f.default_factory
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            keys.extend(schema_keys(nested, f"{prefix}{f.name}."))
+    return keys
+
+
+def check_override_keys(overrides: list[str], conf_dir: str | Path) -> None:
+    """Refuse ``key=value`` overrides that name no setting, suggesting the closest, before Hydra composes:
+    Hydra's own error advises ``+key=...``, which would add the typo as a new key. ``+``/``++``/``~``
+    overrides (:func:`_unknown_keys` checks what ``+`` adds), config-group choices (``model=tiny``: a
+    folder of ``conf_dir``), ``hydra.*``, flags and anything Hydra cannot parse are left to Hydra."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    keys = schema_keys()
+    sections = {key.rsplit(".", 1)[0] for key in keys if "." in key}
+    parser = OverridesParser.create()
+    problems = []
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra reports its own syntax errors
+            continue
+        key = override.key_or_group
+        if (override.type != OverrideType.CHANGE or override.package is not None or key in keys
+                or key.split(".")[0] == "hydra" or (Path(conf_dir) / key).is_dir()):
+            continue
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in keys and ".".join(parts[:i]) not in sections for i in range(1, len(parts))):
+            continue  # inside a dict or list setting (data.sample_weights.en): Hydra checks it
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+        hint = (f"closest: {', '.join(close)}" if close
+                else f"settings live under {', '.join(f'{k}.*' for k in keys if '.' not in k and k in sections)}")
+        problems.append(f"{key} is not a setting ({hint}; all of them: qwenpt/config.py)")
+    _check(not problems, "\n".join(problems))
 
 
 def _validate_document_mask(d: Any, p: Any) -> None:

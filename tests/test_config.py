@@ -19,7 +19,7 @@ def compose_cfg(*overrides: str):
 def test_default_config_is_valid():
     cfg = compose_cfg()
     validate(cfg)
-    assert cfg.model.name == "tiny" and cfg.train.run_dir == "runs/tiny"
+    assert cfg.model.name == "tiny" and cfg.train.run_dir == "runs/tiny-sample"
 
 
 @pytest.mark.parametrize(

@@ -426,6 +426,7 @@ def test_mix_writes_a_data_config_train_py_reads(tmp_path):
     assert [e["weight"] for e in data["blend"]] == pytest.approx([mix.weights[g] for g in ("de", "en", "ja")])
     cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mymix")  # as train.py data=mymix
     assert cfg.data.tokenizer == str(BUNDLED_TOKENIZER.resolve()) and cfg.data.split == "95,5,0"
+    assert data["name"] == cfg.data.name == "mymix" and cfg.train.run_dir == "runs/tiny-mymix"  # a run of its own
     with pytest.raises(ConfigError, match=r"data.blend\[0\].prefix: .*/de holds 4 documents, of which data.split "
                                           "'95,5,0' gives the valid split 0; the valid split needs at least 11"):
         validate(cfg)  # 2-8 documents a language: 95,5,0 leaves validation none (megatron-core would spin)

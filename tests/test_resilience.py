@@ -1,6 +1,6 @@
 """Failure handling, by fault injection on CPU: non-finite and spiking steps stop or skip as configured
 with the last good checkpoint kept; damaged checkpoints are passed over and the resumed run equals an
-uninterrupted one; a changed schedule on resume follows the documented rule; a hung rank dumps its
+uninterrupted one; a changed schedule or data on resume follows the documented rule; a hung rank dumps its
 stack and exits; bad configs fail before anything is allocated."""
 
 from __future__ import annotations
@@ -116,6 +116,28 @@ def test_extending_steps_on_resume_follows_the_rule(reference, tmp_path):
     assert train[12]["lr"] == pytest.approx(cosine, rel=1e-9)  # 3.83e-4: up from min_lr again
     assert train[13]["lr"] == pytest.approx(low, rel=1e-9)
     assert _losses(run_dir)[: len(before)] == before
+
+
+def test_changed_data_on_resume_is_refused_unless_overridden(reference, tmp_path):
+    """A run is one data stream: resuming with another seed and sequence length is refused before anything is
+    built, naming both changes and the two ways on; checkpoint.override_data=true goes on, with the warning."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = _losses(run_dir)
+    changed = [*REF, "train.seed=7", "data.seq_length=128"]
+    refused = run_train(run_dir, *changed)
+    assert refused.returncode == 2, refused.stdout[-3000:]
+    assert "with other data or batch than it was trained with (data.seq_length 256 -> 128; train.seed 1234 -> 7)" in refused.stdout
+    assert "train.run_dir=<new folder> (with checkpoint.init_from=" in refused.stdout
+    assert "checkpoint.override_data=true" in refused.stdout
+    assert "model tiny:" not in refused.stdout and "Traceback" not in refused.stdout  # refused before the model was built
+    assert _losses(run_dir) == before
+
+    proc = run_train(run_dir, *changed, "checkpoint.override_data=true")  # complete at step 12: nothing to train
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert ("data or batch changed since step_00000012 (data.seq_length 256 -> 128; train.seed 1234 -> 7; "
+            "checkpoint.override_data=true): the data position is kept") in proc.stdout
+    assert _losses(run_dir) == before
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path):

@@ -287,3 +287,35 @@ def test_bad_points_are_named():
         fit_loss_law([1e6] * 6, [1e9, 2e9, 0.0, 4e9, 5e9, 6e9], [3.0] * 6)
     with pytest.raises(ValueError, match="at least 5 points"):
         fit_loss_law([1e6] * 4, [1e9] * 4, [3.0] * 4)
+
+
+def test_bootstrap_reports_progress_repeats_with_its_seed_and_runs_a_fixed_number_of_fits(capsys, monkeypatch):
+    """What decides the bootstrap's speed is counted, not timed: L-BFGS runs per refit (the full-data optimum
+    and the best coarse-grid points) and OpenBLAS on one thread while they run (its idle threads spinning
+    made a fit 10-20x slower on 2 busy cores). Off a terminal, progress is a stderr line every 10%; the
+    intervals depend on the seed only, not on how many processes refit."""
+    from qwenpt.scaling import laws
+
+    rng = np.random.default_rng(1)
+    N, D = isoflop_design(EPOCH)
+    L = EPOCH.predict(N, D) * np.exp(rng.normal(0, 0.003, len(N)))
+    threads_before = laws.blas_threads()
+    calls, real_minimize = [], laws.minimize
+
+    def counted(*args, **kwargs):
+        calls.append(laws.blas_threads())
+        return real_minimize(*args, **kwargs)
+
+    monkeypatch.setattr(laws, "minimize", counted)
+    serial = fit_loss_law(N, D, L, refine=4, bootstrap=20, workers=1)
+    assert len(calls) == 4 + 20 * laws.BOOTSTRAP_REFINE and laws.BOOTSTRAP_REFINE == 4
+    assert all(set(threads) <= {1} for threads in calls) and laws.blas_threads() == threads_before
+    err = capsys.readouterr().err
+    assert [int(n) for n in re.findall(r"^bootstrap (\d+)/20 \(\d+\.\d s\)$", err, re.M)] == list(range(2, 21, 2)), err
+    assert "\r" not in err
+
+    parallel = fit_loss_law(N, D, L, refine=4, bootstrap=20, workers=2, progress=False)
+    assert np.array_equal(parallel.samples, serial.samples) and parallel.intervals == serial.intervals
+    assert capsys.readouterr().err == ""
+    other_seed = fit_loss_law(N, D, L, refine=4, bootstrap=20, seed=1, workers=2, progress=False)
+    assert not np.array_equal(other_seed.samples, serial.samples)

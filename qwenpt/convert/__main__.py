@@ -9,6 +9,7 @@ then replaced whole; anything else there is refused and left untouched, as is an
 holds or lies inside the input. The output is written beside --out and renamed into place when
 complete (marked by qwenpt_output.json), so an interrupted run leaves --out as it was.
 The last line of stdout is JSON; errors in the input or --out exit 2, verify exits 1 above the tolerance.
+Needs the hf extra (safetensors, transformers): pip install 'qwenpt[hf]'.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-    from qwenpt.convert import hf
-
     try:
+        from qwenpt.convert import hf  # MissingExtra (a ConfigError) when safetensors is not installed
+
         if args.command == "import":
             result = hf.import_hf(args.hf, args.out, name=args.name, family=args.family, dtype=args.dtype,
                                   overwrite=args.overwrite)

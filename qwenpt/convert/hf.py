@@ -34,6 +34,8 @@ from qwenpt.convert.hf_io import (
 )
 from qwenpt.convert.output import check_output, replacing
 from qwenpt.convert.stream import save_on_demand
+from qwenpt.extras import require
+from qwenpt.models.size import format_count
 from qwenpt.models import build_model, rope
 from qwenpt.models.registry import FAMILIES
 
@@ -128,9 +130,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: Optional[str] = None
                    record={"from": str(hf_dir.resolve())}) as tmp:
         summary = _import_into(hf_dir, tmp, name, family, dtype)
     summary = {"checkpoint": str(out), **summary, "seconds": round(time.perf_counter() - start, 2)}
-    log.info("imported %s (%s, %.3fB parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir,
-             summary["model"]["family"], summary["parameters"] / 1e9, summary["dtype"], out, summary["seconds"],
-             summary["peak_rss_gib"])
+    log.info("imported %s (%s, %s parameters, %s) into %s in %.1f s, peak RSS %.2f GiB", hf_dir,
+             summary["model"]["family"], format_count(summary["parameters"]), summary["dtype"], out,
+             summary["seconds"], summary["peak_rss_gib"])
     return summary
 
 
@@ -223,10 +225,15 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Pa
     return summary
 
 
+def _require_transformers() -> Any:
+    """transformers, or the one-line MissingExtra: only verify needs it, not import or export."""
+    return require("transformers", "hf", "python -m qwenpt.convert verify (the Hugging Face reference model)")
+
+
 def hf_reference_model(hf_dir: str | Path, m: ModelConfig) -> torch.nn.Module:
     """The transformers model of ``hf_dir`` in fp32 (Qwen v1, whose code is remote, as the equivalent
     Qwen2 model built from its converted tensors)."""
-    import transformers
+    transformers = _require_transformers()
 
     if _layout(m) == "qwen2":
         return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -276,6 +283,7 @@ def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 
     layout ``parallel`` (one process per rank under torchrun); the dict on the last stage's first rank."""
     from megatron.core import parallel_state
 
+    _require_transformers()  # before any model is built: the comparison needs it at the end
     ckpt = checkpoint.resolve(ckpt)
     m = model_config_of_checkpoint(ckpt)
     validate_model(m, parallel)

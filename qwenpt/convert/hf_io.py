@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from qwenpt.config import ConfigError, ModelConfig
+from qwenpt.extras import require
 from qwenpt.models import rope
+
+# the base install lacks safetensors: converting says which extra to install (exit 2), no traceback
+_FEATURE = "reading and writing Hugging Face checkpoints (python -m qwenpt.convert, checkpoint.init_from_hf)"
+safe_open = require("safetensors", "hf", _FEATURE).safe_open
+save_file = require("safetensors.torch", "hf", _FEATURE).save_file
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",

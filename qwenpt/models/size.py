@@ -66,3 +66,13 @@ def param_counts(m: Any) -> ParamCounts:
     total = embedding + m.num_layers * (layer + mlp_params(m)) + final_norm
     active = embedding + m.num_layers * (layer + mlp_params(m, active=True)) + final_norm
     return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding, active=active)
+
+
+def format_count(n: float) -> str:
+    """``n`` to three significant figures in a unit that fits (512, 1.79M, 494M, 7.62B): a fixed unit
+    prints a small model as 0.000B or a large one as 7615.617M."""
+    n = float(f"{n:.3g}")  # round first, so 999,999 reads 1M, not 1e+03K
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"

@@ -1,8 +1,9 @@
 """``python -m qwenpt.plan [Hydra overrides] [--gpus N] [--gpu H100] [--mfu 0.4] [--check-megatron]``
 
-Composes the run configuration exactly as train.py does (same conf/, same overrides), validates it
-for N GPUs, and prints per-GPU memory for every pipeline stage and the step time at the given
-MFU. Exits 1 when the layout is invalid or does not fit. The last line of stdout is JSON.
+Composes the run configuration exactly as train.py does (same conf/, same overrides, in any order
+with the options), validates it for N GPUs, and prints per-GPU memory for every pipeline stage and
+the step time at the given MFU. Exits 1 when the layout is invalid or does not fit, 2 when an
+override names no setting. The last line of stdout is JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from qwenpt.config import ConfigError, register
+from qwenpt.config import ConfigError, check_override_keys, register
 from qwenpt.plan.planner import Gpu, make_plan, render
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -33,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-megatron", action="store_true",
                         help="also build megatron-core's model on the meta device for each pipeline stage and "
                              "compare its parameter count with the plan's")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before, between or after the options
+    try:
+        check_override_keys(args.overrides, CONF)
+    except ConfigError as e:
+        print(f"error: {e}")
+        print(json.dumps({"error": str(e)}))
+        return 2
 
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):

@@ -8,14 +8,24 @@ Huber loss (δ = 1e-3) of residuals between the log-sum-exp prediction
 and log L, with L-BFGS started from a grid of initialisations, keeping the best. All 4,500 grid
 points are scored in one vectorised pass and L-BFGS runs from the 32 best (running it from every
 point gives the same optimum on the tests' data and takes minutes).
-Confidence intervals come from refitting bootstrap resamples of the runs.
+Confidence intervals come from refitting bootstrap resamples of the runs, in worker processes.
+
+Fits run with OpenBLAS on one thread: L-BFGS-B's 5x5 linear algebra is too small to share, and
+OpenBLAS's idle threads spin, which made one fit 10-20x slower on a busy 2-core machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 from scipy.optimize import minimize
@@ -30,6 +40,8 @@ GRID = {
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
 }
 PARAMS = ("E", "A", "B", "alpha", "beta")
+BOOTSTRAP_REFINE = 4  # L-BFGS runs per bootstrap refit: the best 4 of the full-data optimum and the coarse grid
+T = TypeVar("T")
 
 
 @dataclass
@@ -142,6 +154,46 @@ def _grid_values(starts: np.ndarray, logN, logD, logL, delta: float) -> np.ndarr
     return _huber(logsumexp(terms, axis=0) - logL, delta)[0].sum(axis=1)
 
 
+def _openblas_thread_setters() -> list[tuple]:
+    """(get, set) of the thread count of every OpenBLAS loaded in this process (numpy's and scipy's
+    each bundle one); empty where none is found (another BLAS, or not Linux)."""
+    pairs = []
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return pairs
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads", "openblas_{}_num_threads"):
+            if hasattr(lib, name.format("get")) and hasattr(lib, name.format("set")):
+                pairs.append((getattr(lib, name.format("get")), getattr(lib, name.format("set"))))
+                break
+    return pairs
+
+
+def blas_threads() -> list[int]:
+    """Thread counts of the loaded OpenBLAS libraries."""
+    return [int(get()) for get, _ in _openblas_thread_setters()]
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """OpenBLAS on one thread inside, as it was after (see the module docstring for why)."""
+    pairs = _openblas_thread_setters()
+    before = [int(get()) for get, _ in pairs]
+    for _, set_threads in pairs:
+        set_threads(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        for (_, set_threads), n in zip(pairs, before):
+            set_threads(ctypes.c_int(n))
+
+
 def _fit_once(
     logN, logD, logL, delta: float, starts: Sequence[np.ndarray], refine: int = 32
 ) -> tuple[np.ndarray, float]:
@@ -156,6 +208,42 @@ def _fit_once(
         if res.fun < best_val:
             best, best_val = res.x, res.fun
     return best, float(best_val)
+
+
+def _progress(items: Iterable[T], total: int, label: str) -> Iterator[T]:
+    """``items``, reporting progress on stderr: a tqdm bar on a terminal, else a line every 10%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=label, file=sys.stderr)
+        return
+    every, start = max(1, math.ceil(total / 10)), time.perf_counter()
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0 or i == total:
+            print(f"{label} {i}/{total} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _bootstrap_refit(args: tuple) -> tuple[np.ndarray, float]:
+    """One bootstrap refit; a top-level function so worker processes can run it."""
+    logN, logD, logL, delta, starts = args
+    with one_blas_thread():
+        return _fit_once(logN, logD, logL, delta, starts, refine=BOOTSTRAP_REFINE)
+
+
+def _bootstrap_fits(jobs: list[tuple], workers: int, progress: bool) -> list[tuple[np.ndarray, float]]:
+    """The refits in order, over ``workers`` processes (1: in this one)."""
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            done = pool.map(_bootstrap_refit, jobs)
+        else:
+            done = map(_bootstrap_refit, jobs)
+        return list(_progress(done, len(jobs), "bootstrap") if progress else done)
 
 
 def grid_starts(grid: dict = GRID) -> list[np.ndarray]:
@@ -180,11 +268,15 @@ def fit_loss_law(
     seed: int = 0,
     grid: dict = GRID,
     refine: int = 32,
+    workers: Optional[int] = None,
+    progress: bool = True,
 ) -> LossLawFit:
     """Fit L(N, D); with ``bootstrap`` > 0, percentile intervals from refits on resampled points
     (each refit starts from the full-data optimum and a coarse grid, which finds the same basin).
     ``refine``: how many of the best grid points L-BFGS starts from (4 finds the same optimum on the
-    tests' data in a tenth of the time)."""
+    tests' data in a tenth of the time). ``workers``: processes for the bootstrap refits (default:
+    the CPUs this process may use); the resamples are drawn up front from ``seed``, so the intervals
+    do not depend on it. ``progress``: report the bootstrap on stderr (it takes seconds to minutes)."""
     N, D, L = (np.asarray(x, dtype=float) for x in (N, D, L))
     if not (len(N) == len(D) == len(L)):
         raise ValueError(f"N, D and L must have the same length, got {len(N)}, {len(D)}, {len(L)}")
@@ -195,17 +287,19 @@ def fit_loss_law(
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
     if len(logN) < 5:
         raise ValueError(f"fitting 5 parameters needs at least 5 points, got {len(logN)}")
-    theta, val = _fit_once(logN, logD, logL, delta, grid_starts(grid), refine=refine)
+    with one_blas_thread():
+        theta, val = _fit_once(logN, logD, logL, delta, grid_starts(grid), refine=refine)
     fit = _to_fit(theta, val, len(logN))
     if bootstrap:
         rng = np.random.default_rng(seed)
         coarse = {k: v[:: 2] for k, v in grid.items()}
         starts = [theta] + grid_starts(coarse)
+        draws = [rng.integers(0, len(logN), len(logN)) for _ in range(bootstrap)]
+        jobs = [(logN[idx], logD[idx], logL[idx], delta, starts) for idx in draws]
+        workers = min(bootstrap, workers or _usable_cpus())
         samples = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(logN), len(logN))
-            t, v = _fit_once(logN[idx], logD[idx], logL[idx], delta, starts, refine=4)
-            f = _to_fit(t, v, len(idx))
+        for t, v in _bootstrap_fits(jobs, workers, progress):
+            f = _to_fit(t, v, len(logN))
             samples.append([getattr(f, k) for k in PARAMS] + [f.a, f.b])
         s = np.array(samples)
         lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100

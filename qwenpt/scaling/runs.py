@@ -1,9 +1,11 @@
 """Collect the runs ``train.py`` wrote into one table for the fits.
 
 A run directory holds ``metrics.jsonl`` (one JSON object per train step and per evaluation) and
-the resolved Hydra config in ``.hydra/config.yaml``. Each evaluation becomes one row: the model's
-parameter counts (total, embedding, non-embedding, active; from :mod:`qwenpt.models.size`), tokens
-seen, training FLOPs to that point (exact, :mod:`qwenpt.flops`), the validation loss, the mean
+checkpoints, each with the resolved config that trained it (``run_config.yaml``): the newest complete
+one describes the run (for runs without checkpoints, ``.hydra/config.yaml``, the last launch that began
+training), so launches that fail or find training complete never change the table. Each evaluation
+becomes one row: the model's parameter counts (total, embedding, non-embedding, active; from
+:mod:`qwenpt.models.size`), tokens seen, training FLOPs to that point (exact, :mod:`qwenpt.flops`), the validation loss, the mean
 training loss over the steps since the previous evaluation, the data mixture (``mix_<name>``
 shares), the validation loss per position bucket (``valid_loss_pos0`` ... ``valid_loss_pos7``: per 1/8 of
 the sequence, :mod:`qwenpt.eval_positions`) and ``final``: the evaluation at the end of the run's
@@ -43,15 +45,26 @@ def _mixture(data: dict) -> dict[str, float]:
     return {k: v / total for k, v in weights.items()} if total else {}
 
 
+def run_config(run_dir: Path) -> Path:
+    """The config that produced the run's checkpoints: the newest complete checkpoint's ``run_config.yaml``,
+    else (no checkpoint) ``.hydra/config.yaml``."""
+    from qwenpt.checkpoint import complete_checkpoints
+
+    checkpoints = complete_checkpoints(run_dir / "checkpoints")
+    if checkpoints and (checkpoints[-1] / "run_config.yaml").is_file():
+        return checkpoints[-1] / "run_config.yaml"
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint config and no .hydra/config.yaml; is it a train.py run directory?")
+    return config_file
+
+
 def run_rows(run_dir: Path) -> list[dict]:
     from qwenpt.flops import training_flops_per_token
     from qwenpt.metrics import read_metrics
     from qwenpt.models.size import param_counts
 
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: no .hydra/config.yaml; is it a train.py run directory?")
-    cfg = yaml.safe_load(config_file.read_text())
+    cfg = yaml.safe_load(run_config(run_dir).read_text())
     model = ModelConfig(**cfg["model"])
     counts = param_counts(model)
     seq = int(cfg["data"]["seq_length"])

@@ -25,14 +25,17 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from qwenpt import checkpoint, distributed, eval_positions, packing
 from qwenpt.config import ConfigError, describe_layout, to_container, validate
 from qwenpt.data import (build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader,
                          resolve_blend, sample_horizon)
 from qwenpt.flops import peak_tflops, training_flops_per_token
+from qwenpt.logs import configure_training_logs
 from qwenpt.metrics import MetricsLogger
 from qwenpt.models import build_model, param_counts, use_transformer_engine
+from qwenpt.models.size import format_count
 from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
 from qwenpt.training.optim import build_optimizer, build_scheduler
 from qwenpt.training import extend, run_folder
@@ -212,12 +215,11 @@ def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int,
 
 class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
+        configure_training_logs()  # before validate reads the datasets' indexes
         world = distributed.world_size_from_env()
         validate(cfg, world)
         # rank 0 checks and locks the run folder before anything is written into it (or anywhere)
         self.folder = _claim(cfg)
-        # megatron-core logs each dataset build and DDP bucket at INFO; qwenpt logs a summary instead
-        logging.getLogger("megatron.core").setLevel(logging.WARNING)
         self.cfg = cfg
         if cfg.train.cpu_threads is not None:  # before any work: torch's pool is sized on first use
             torch.set_num_threads(cfg.train.cpu_threads)
@@ -291,8 +293,9 @@ class Trainer:
         )
         if self.rt.is_main:
             log.info(
-                "model %s: %.3fM parameters (%.3fM non-embedding, %.3fM active), %s, %s attention, dtype %s",
-                cfg.model.name, counts.total / 1e6, counts.non_embedding / 1e6, counts.active / 1e6,
+                "model %s: %s parameters (%s non-embedding, %s active), %s, %s attention, dtype %s",
+                cfg.model.name, format_count(counts.total), format_count(counts.non_embedding),
+                format_count(counts.active),
                 "CPU (gloo)" if self.rt.cpu else "GPU",
                 "Transformer Engine" if use_transformer_engine() else "SDPA", str(self.dtype).removeprefix("torch."),
             )
@@ -426,12 +429,19 @@ class Trainer:
             return {"step": self.step}
         if self.folder is not None:
             self.folder.record(cfg)
-        tokens_per_step = t.global_batch_size * cfg.data.seq_length
-        iterators = self.train_iterators()
+        # a bar only on a terminal: in a file its carriage returns are noise (the step lines give progress);
+        # while it is shown, log lines are written above it
         bar = tqdm(
             total=t.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-            disable=not (self.rt.is_main and cfg.logging.progress),
+            disable=not (self.rt.is_main and cfg.logging.progress and sys.stderr.isatty()),
         )
+        with bar, logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext():
+            return self._train(bar)
+
+    def _train(self, bar: tqdm) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        tokens_per_step = t.global_batch_size * cfg.data.seq_length
+        iterators = self.train_iterators()
         if self.step == 0:
             self._log_eval()
         window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
@@ -464,7 +474,7 @@ class Trainer:
                 mean_tps = tokens_per_step * window_steps / window_time
                 mean_loss = window_loss / (window_steps - window_skips) if window_steps > window_skips else math.nan
                 mean_tflops = self.flops_per_token * mean_tps / self.rt.world_size / 1e12
-                bar.write(
+                log.info(
                     f"step {self.step:>6}/{t.steps} | loss {mean_loss:.4f} | lr {last['lr']:.3e} | "
                     f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
                     + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
@@ -472,7 +482,7 @@ class Trainer:
                 )
                 window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
             if self.step % t.eval_interval == 0 or self.step == t.steps:
-                self._log_eval(bar)
+                self._log_eval()
             every = cfg.checkpoint.save_interval
             saved = (every > 0 and self.step % every == 0) or self.step == t.steps
             if saved:
@@ -491,7 +501,7 @@ class Trainer:
         bar.close()
         return last
 
-    def _log_eval(self, bar: Optional[tqdm] = None) -> None:
+    def _log_eval(self) -> None:
         with self.watchdog.watch(f"evaluation at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
             buckets = self.cfg.train.eval_position_buckets
             loss = self.evaluate(position_buckets=buckets)
@@ -503,7 +513,7 @@ class Trainer:
         self.metrics.log(record)
         if self.rt.is_main:
             by_position = record.get("position_loss")
-            (bar.write if bar else print)(
+            log.info(
                 f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}"
                 + (" | by position " + " ".join("-" if v is None else f"{v:.2f}" for v in by_position) if by_position else "")
             )
@@ -529,16 +539,16 @@ def _claim(cfg: DictConfig) -> Optional[run_folder.RunFolder]:
 
 def create_seed(cfg: DictConfig) -> Path:
     """Initialise the model once, in one process, and save its weights for runs in any layout."""
+    configure_training_logs()
     validate(cfg, distributed.world_size_from_env())
     _claim(cfg)
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
     distributed.initialize(cfg.parallel, cfg.train.seed)
     chunks = build_model(cfg.model, cfg.parallel, resolve_dtype(cfg.train.precision))
     root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.train.run_dir) / "checkpoints"
     path = checkpoint.save_model(root / "seed", chunks, run_config=OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
-        "seed checkpoint of %s (%.3fM parameters) written to %s; start runs in any layout with "
-        "checkpoint.init_from=%s", cfg.model.name, param_counts(cfg.model).total / 1e6, path, path,
+        "seed checkpoint of %s (%s parameters) written to %s; start runs in any layout with "
+        "checkpoint.init_from=%s", cfg.model.name, format_count(param_counts(cfg.model).total), path, path,
     )
     return path
 

@@ -13,8 +13,11 @@ The config: the resumed run's config is compared with the checkpoint's ``run_con
   config at the checkpoint's step (e.g. raising ``train.steps`` re-stretches the decay over the new
   total, so the LR rises again from min_lr);
 - data or batch differs (``train.global_batch_size``, ``data.*`` blend, weights, split, sequence
-  length, tokenizer, ``train.seed``): allowed with a warning: the data position (consumed
-  samples) is kept, but the run no longer sees the data an uninterrupted one would;
+  length, tokenizer, ``train.seed``): refused, since a run is one job on one data stream (e.g.
+  ``data=my_mix`` meant as a new run must not continue another's), naming ``train.run_dir=<new>`` (with
+  ``checkpoint.init_from`` to keep the weights) and ``checkpoint.override_data``; with it the run goes on
+  with a warning: the data position (consumed samples) is kept, but the run no longer sees the data an
+  uninterrupted one would;
 - parallel layout differs: allowed (dist_checkpointing reshards), logged;
 - ``data.document_mask`` (on by default for new runs): a resumed run keeps its checkpoint's setting, off for
   checkpoints saved before the option existed; a different value in the new config is noted and not applied
@@ -121,9 +124,17 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
             ), {}
         notes.append(f"LR schedule rebuilt from the new config at the checkpoint's step ({diff}; checkpoint.override_schedule=true)")
     if changes["data"]:
+        diff = "; ".join(changes["data"])
+        if not cfg.checkpoint.override_data:
+            return None, notes, (
+                f"resuming {path} with other data or batch than it was trained with ({diff}); a run is one job on "
+                "one data stream. For a new run pass train.run_dir=<new folder> (with checkpoint.init_from="
+                f"{path} to keep its weights); to change this run's data on purpose set "
+                "checkpoint.override_data=true; or restore the saved values (its run_config.yaml)."
+            ), {}
         notes.append(
-            f"data or batch changed since {path.name} ({'; '.join(changes['data'])}): the data position is kept, "
-            "but this run no longer sees the data an uninterrupted run would"
+            f"data or batch changed since {path.name} ({diff}; checkpoint.override_data=true): the data position is "
+            "kept, but this run no longer sees the data an uninterrupted run would"
         )
     if changes["layout"]:
         notes.append(f"parallel layout changed since {path.name} ({'; '.join(changes['layout'])}): resharding on load")
