@@ -31,7 +31,8 @@ def _without(module: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 def test_require_names_the_extra_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "safetensors", None)
+    for name in ("safetensors", "safetensors.torch"):  # the latter: imported already by earlier tests
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingExtra, match=r"^reading checkpoints needs the package safetensors, which is not "
                                            r"installed: run pip install 'qwenpt\[hf\]'$"):
         require("safetensors.torch", "hf", "reading checkpoints")
