@@ -76,7 +76,8 @@ def run_fit(src: Path, points: Path, bootstrap: int) -> dict:
     if r.returncode:
         raise RuntimeError(f"{src}: {r.stderr[-2000:]}")
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"src": str(src), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "stderr_lines": len(r.stderr.splitlines()),
+    return {"src": "." if src == ROOT.resolve() else src.name,  # no machine paths in committed results
+            "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "stderr_lines": len(r.stderr.splitlines()),
             **{k: out[k] for k in ("E", "A", "B", "alpha", "beta", "objective", "intervals")}}
 
 

@@ -58,12 +58,13 @@ def _plant(ckpt: Path, kind: str, marker: Path) -> Path:
     if kind == "metadata":
         (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
         return ckpt / ".metadata"
-    if kind == "common":
+    if kind == "common" and (ckpt / "common.pt").is_file():  # megatron-core 0.16; 0.19 keeps it as a byte object
         buf = io.BytesIO()
         torch.save({"progress": _Payload(marker)}, buf)
         (ckpt / "common.pt").write_bytes(buf.getvalue())
         return ckpt / "common.pt"
-    # a byte object (the RNG state): a new shard file holding the payload, the metadata pointing at it
+    # a byte object (the RNG state, or 0.19's common state): a new shard file holding the payload, the metadata
+    # pointing at it
     from torch.distributed.checkpoint.filesystem import _StorageInfo
 
     buf = io.BytesIO()
@@ -71,7 +72,8 @@ def _plant(ckpt: Path, kind: str, marker: Path) -> Path:
     (ckpt / "__9_9.distcp").write_bytes(buf.getvalue())
     with open(ckpt / ".metadata", "rb") as fh:
         metadata = pickle.load(fh)
-    (index,) = [i for i in metadata.storage_data if i.fqn.startswith("rng_state")]
+    target = "common_state" if kind == "common" else "rng_state"
+    (index,) = [i for i in metadata.storage_data if i.fqn.startswith(target)]
     metadata.storage_data[index] = _StorageInfo("__9_9.distcp", 0, len(buf.getvalue()))
     (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
     return ckpt / "__9_9.distcp"
@@ -149,7 +151,8 @@ def test_rotation_never_deletes_this_runs_checkpoint(run4, tmp_path):
     shutil.copytree(run4, run_dir)
     ckpts = run_dir / "checkpoints"
     os.rename(ckpts / "step_00000004", ckpts / "step_00000040")
-    (ckpts / "step_00000040" / "common.pt").unlink()  # damaged
+    shard = ckpts / "step_00000040" / "__0_0.distcp"
+    os.truncate(shard, shard.stat().st_size // 2)  # damaged
     os.rename(ckpts / "step_00000002", ckpts / "step_00000020")
     before = _snapshot(ckpts / "step_00000040")
     proc = run_train(run_dir, *RUN, "checkpoint.resume=false", "checkpoint.keep_last=1")
