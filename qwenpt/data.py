@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import logging
 import os
 import re
