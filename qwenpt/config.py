@@ -17,11 +17,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from data_pipeline.qwen import MODELS as QWEN_TOKENIZERS
+from qwenpt.errors import ConfigError
 from qwenpt.models.registry import FAMILIES
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the field and what to do."""
 
 
 @dataclass
@@ -84,6 +81,22 @@ class ModelConfig:
     # megatron-core's moe_router_load_balancing_type: aux_loss (per micro-batch, Qwen1.5/2-MoE),
     # global_aux_loss (expert loads counted over the global batch, Qwen3-MoE), seq_aux_loss or none
     moe_load_balancing: str = "aux_loss"
+    # The hybrid generation (Qwen3-Next, Qwen3.5, Qwen3.6; qwenpt/models/hybrid.py, docs/hybrid.md): layer i
+    # (counted from 1) is full attention when i is a multiple of full_attention_interval, Gated DeltaNet
+    # otherwise; null: every layer is full attention (Qwen <= 3). HF: full_attention_interval / layer_types.
+    full_attention_interval: Optional[int] = None
+    linear_num_key_heads: Optional[int] = None  # Gated DeltaNet query/key heads (HF linear_num_key_heads)
+    linear_num_value_heads: Optional[int] = None  # value heads: a multiple of the key heads
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_conv_kernel_dim: int = 4  # causal depthwise conv over q, k, v
+    attention_output_gate: bool = False  # o_proj(attn * sigmoid(gate)), the gate from a q_proj twice as wide
+    rotary_percent: float = 1.0  # share of each head's dims that RoPE rotates (HF partial_rotary_factor)
+    norm_zero_centered: bool = False  # RMSNorm applied as (1 + w): weights stored centred on zero
+    # Multi-token prediction (megatron-core's MTP, as DeepSeek-V3 and the released hybrids): this many extra
+    # layers each predict one token further; their loss, averaged over them, is added times mtp_loss_weight
+    mtp_num_layers: int = 0
+    mtp_loss_weight: float = 0.1
 
 
 @dataclass
@@ -325,6 +338,9 @@ def validate_model(m: Any, parallel: Any | None = None) -> None:
     from qwenpt.models import dca
 
     dca.validate(m)
+    from qwenpt.models import hybrid
+
+    hybrid.validate(m, parallel)
     if m.num_experts is not None:
         _check(m.moe_ffn_hidden_size is not None, "model.moe_ffn_hidden_size must be set when model.num_experts is")
         _check(
@@ -622,6 +638,9 @@ def validate(cfg: DictConfig | Config, world_size: int = 1, check_files: bool = 
         f"{p.context_parallel_size} (context parallelism splits each sequence into 2 x CP chunks)",
     )
     _validate_document_mask(d, p)
+    from qwenpt.models import hybrid
+
+    hybrid.validate_document_mask(cfg.model, d.document_mask, p)
     _check(
         not (d.document_mask and cfg.model.dual_chunk_attention.chunk_size is not None),
         "model.dual_chunk_attention evaluates whole sequences (documents attending across boundaries); "

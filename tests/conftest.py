@@ -34,18 +34,21 @@ def hf_model(m: ModelConfig, seed: int = 0):
     """A random transformers model with the architecture of model config ``m`` (fp32, eval)."""
     import transformers
 
-    from qwenpt.convert.qwen2 import hf_config
+    from qwenpt.convert import qwen2, qwen3_next
+    from qwenpt.models import hybrid
 
-    fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}
-    arch = hf_config(m)["architectures"][0]  # Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3..., Qwen3Moe...
-    config = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**fields)
+    # Qwen v1: the equivalent Qwen2 model (tests/test_convert.py writes its v1 checkpoint by hand)
+    cfg = qwen3_next.hf_config(m) if hybrid.enabled(m) else qwen2.hf_config(m)
+    fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+    arch = cfg["architectures"][0]  # Qwen2ForCausalLM, ..., Qwen3NextForCausalLM, Qwen3_5ForCausalLM, ...
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **fields)
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config).eval()
     with torch.no_grad():  # random norms (QK-norms too) and biases, so parity exercises them too
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.normal_(1.0, 0.2)
-            elif name.endswith("bias"):
+                p.normal_(0.0 if m.norm_zero_centered and not name.endswith("linear_attn.norm.weight") else 1.0, 0.2)
+            elif name.endswith("bias") and not name.endswith("dt_bias"):
                 p.normal_(0.0, 0.2)
     return model
 

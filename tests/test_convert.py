@@ -145,7 +145,7 @@ def test_import_at_tp2_and_pp2_gives_transformers_logits(converted, tp, pp):
     results = [json.loads(line.split("VERIFY ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("VERIFY ")]
     assert len(results) == len(MODELS)
     for r in results:
-        assert r["layout"] == {"tp": tp, "pp": pp} and r["max_abs_diff"] <= 1e-5, r
+        assert r["layout"] == {"tp": tp, "pp": pp, "ep": 1} and r["max_abs_diff"] <= 1e-5, r
 
 
 def test_verify_cli_exits_nonzero_above_tolerance(converted, tmp_path):
@@ -218,7 +218,7 @@ def test_train_from_hf_at_tp2_then_reshard_to_tp1_and_pp2(converted, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY ")]
     result = json.loads(line.split("VERIFY ", 1)[1])
-    assert result["layout"] == {"tp": 1, "pp": 2} and result["max_abs_diff"] <= 1e-5
+    assert result["layout"] == {"tp": 1, "pp": 2, "ep": 1} and result["max_abs_diff"] <= 1e-5
 
 
 def test_init_from_hf_refuses_weights_of_another_architecture(converted):

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT
 from qwenpt.metrics import read_metrics
+from qwenpt.models.hybrid import megatron_packs_gdn
 
 LAYOUT_COMMON = [
     "logging.progress=false", "logging.wandb.mode=disabled", "train.steps=5", "optim.warmup_steps=1",
@@ -57,12 +58,29 @@ LAYOUTS = {
     "qwen3_moe_ep2": ("tiny_qwen3_moe", 2, EP2 + ALLTOALL + ["train.micro_batch_size=8"],
                       "x dp 2, experts ep 2 x etp 1, alltoall"),
     "qwen3_moe_tp2_sp": ("tiny_qwen3_moe", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1, experts ep 1 x etp 2"),
+    # the hybrids (Gated DeltaNet + gated attention, MTP on): GDN heads split over TP, the layer pattern split
+    # over two stages (GDN, GDN | GDN, attention + the MTP layer), experts over EP
+    "qwen3_5_tp2_sp": ("tiny_qwen3_5", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
+    "qwen3_5_pp2": ("tiny_qwen3_5", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
+    "qwen3_5_moe_ep2": ("tiny_qwen3_5_moe", 2, EP2 + ALLTOALL + ["train.micro_batch_size=8"],
+                        "x dp 2, experts ep 2 x etp 1, alltoall"),
+    # GDN under context parallelism (megatron-core >= 0.18: heads spread over the CP ranks by all-to-all), on
+    # packed documents; without MTP, which megatron-core cannot shift on CP-padded documents (refused)
+    **({"qwen3_5_cp2": ("tiny_qwen3_5_nomtp", 2, ["parallel.context_parallel_size=2"], "tp 1 x pp 1 x cp 2 x dp 1")}
+       if megatron_packs_gdn() else {}),
 }
 # every run of a model, its reference included: global_aux_loss counts expert loads over the global batch as
 # far as the step has seen it (a running mean over micro-batches), so the reference takes the whole batch as one
 # micro-batch; and an aux-loss weight 10x Qwen3's, so that a wrong weight in a layout shows in the losses
-MODEL_OVERRIDES = {"tiny_qwen3_moe": ["train.micro_batch_size=16", "model.moe_aux_loss_coeff=0.01"]}
-MODELS = ("tiny", "tiny_moe", "tiny_qwen3", "tiny_qwen3_moe")
+# The hybrids pack documents where megatron-core's GDN takes them (0.18+), else train unpacked.
+_GDN_MASK = [] if megatron_packs_gdn() else ["data.document_mask=false"]
+MODEL_OVERRIDES = {"tiny_qwen3_moe": ["train.micro_batch_size=16", "model.moe_aux_loss_coeff=0.01"],
+                   "tiny_qwen3_5": _GDN_MASK,
+                   "tiny_qwen3_5_nomtp": ["model.mtp_num_layers=0"],
+                   "tiny_qwen3_5_moe": ["train.micro_batch_size=16", "model.moe_aux_loss_coeff=0.01", *_GDN_MASK]}
+CONF = {"tiny_qwen3_5_nomtp": "tiny_qwen3_5"}  # a reference run name -> its conf/model file
+MODELS = ("tiny", "tiny_moe", "tiny_qwen3", "tiny_qwen3_moe", "tiny_qwen3_5", "tiny_qwen3_5_moe",
+          *(("tiny_qwen3_5_nomtp",) if megatron_packs_gdn() else ()))
 
 
 def _launch(out, nproc: int, runs: dict[str, list[str]]) -> dict[str, str]:
@@ -88,9 +106,9 @@ def layout_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("layouts")
     common = [*LAYOUT_COMMON, f"data.cache_dir={out / 'cache'}"]
     seeds = {m: out / f"seed_{m}" / "checkpoints" / "seed" for m in MODELS}
-    start = {m: [*common, f"model={m}", *MODEL_OVERRIDES.get(m, []), f"checkpoint.init_from={seeds[m]}"] for m in seeds}
+    start = {m: [*common, f"model={CONF.get(m, m)}", *MODEL_OVERRIDES.get(m, []), f"checkpoint.init_from={seeds[m]}"] for m in seeds}
     _launch(out, 1, {
-        **{f"seed_{m}": [*common, f"model={m}", *MODEL_OVERRIDES.get(m, []), "checkpoint.create_seed=true"]
+        **{f"seed_{m}": [*common, f"model={CONF.get(m, m)}", *MODEL_OVERRIDES.get(m, []), "checkpoint.create_seed=true"]
            for m in seeds},
         **{f"single_{m}": start[m] for m in seeds},
     })

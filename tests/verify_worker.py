@@ -1,5 +1,5 @@
 """Run ``qwenpt.convert.hf.verify`` for several (HF dir, checkpoint) pairs in one torchrun launch:
-``torchrun --nproc_per_node N tests/verify_worker.py TP PP HF CKPT [HF CKPT ...]``; prints one JSON
+``torchrun --nproc_per_node N tests/verify_worker.py [--ep EP] TP PP HF CKPT [HF CKPT ...]``; prints one JSON
 line per pair from the rank that compares."""
 
 import json
@@ -9,8 +9,9 @@ from qwenpt.config import ParallelConfig
 from qwenpt.convert.hf import verify
 
 
-def main(tp: int, pp: int, pairs: list[str]) -> None:
-    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=tp > 1)
+def main(tp: int, pp: int, pairs: list[str], ep: int = 1) -> None:
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=tp > 1,
+                              expert_model_parallel_size=ep)
     for hf_dir, ckpt in zip(pairs[::2], pairs[1::2]):
         result = verify(hf_dir, ckpt, parallel)
         if result is not None:
@@ -18,4 +19,8 @@ def main(tp: int, pp: int, pairs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
+    args = sys.argv[1:]
+    ep = 1
+    if args[0] == "--ep":
+        ep, args = int(args[1]), args[2:]
+    main(int(args[0]), int(args[1]), args[2:], ep)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--hf", required=True)
     imp.add_argument("--out", required=True, help="a new or empty folder (or, with --overwrite, an earlier import)")
     imp.add_argument("--name", default=None, help="model name recorded in the checkpoint (default: the directory's)")
-    imp.add_argument("--family", default=None, help="qwen, qwen1.5, qwen2, qwen2.5 or qwen3 (default from config.json)")
+    imp.add_argument("--family", default=None, help="qwen, qwen1.5, qwen2, qwen2.5, qwen3, qwen3-next, qwen3.5 or qwen3.6 (default from config.json; Qwen3.6 checkpoints say qwen3_5: pass qwen3.6 to record it)")
     imp.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: config.json's torch_dtype)")
     imp.add_argument("--overwrite", action="store_true",
                      help="replace --out if it holds an earlier import (never a folder qwenpt did not write)")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             result["tolerance"] = args.tolerance
             result["ok"] = result["max_abs_diff"] <= args.tolerance
             print(f"max |logit difference| {result['max_abs_diff']:.3e} (mean {result['mean_abs_diff']:.3e}, "
-                  f"logits up to {result['logit_scale']:.2f}) over {result['tokens']} tokens at TP {args.tp} x PP {args.pp}: "
+                  f"logits up to {result['logit_scale']:.2f}) over {result['tokens']} tokens at TP {args.tp} x PP {args.pp} x EP {args.ep}: "
                   + ("OK" if result["ok"] else f"ABOVE the tolerance {args.tolerance:g}"))
     except ConfigError as e:
         print(f"error: {e}")

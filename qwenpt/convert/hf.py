@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from qwenpt import checkpoint, distributed
 from qwenpt.config import ConfigError, ModelConfig, ParallelConfig, validate_model
-from qwenpt.convert import qwen1, qwen2
+from qwenpt.convert import qwen1, qwen2, qwen3_next
 from qwenpt.convert.hf_io import (
     ShardedSafetensorsWriter,
     SafetensorsReader,
@@ -36,11 +36,12 @@ from qwenpt.convert.stream import save_on_demand
 from qwenpt.extras import require
 from qwenpt.models.size import format_count
 from qwenpt.models import build_model, rope
-from qwenpt.models.registry import FAMILIES
+from qwenpt.models.registry import FAMILIES, hf_architecture
 
 log = logging.getLogger("qwenpt.convert")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VISION_PREFIXES = ("model.visual.",)  # the released Qwen3.5/3.6 checkpoints' vision tower, left alone
 
 
 def _layout(m: Any) -> str:
@@ -51,12 +52,21 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _hybrid(m: Any) -> bool:
+    return _layout(m) in ("qwen3_next", "qwen3_5")
+
+
 def _groups(m: Any) -> list:
+    if _hybrid(m):
+        return qwen3_next.groups(m)
     return ["outer", *range(m.num_layers)]
 
 
-def _read_group(get: Callable[[str], torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
-    """One group's tensors, in the Qwen2 layout's names, from a checkpoint in the model's layout."""
+def _read_group(get: Callable[[str], torch.Tensor], m: Any, group: Any, root: str = "model.") -> dict[str, torch.Tensor]:
+    """One group's tensors, in the Qwen2 layout's names (the hybrids: their own), from a checkpoint in the
+    model's layout (``root``: where a hybrid checkpoint keeps its language model)."""
+    if _hybrid(m):
+        return {k: get(k) for k in qwen3_next.hf_keys(m, group, root)}
     if _layout(m) == "qwen":
         if group == "outer":
             return qwen1.outer_to_qwen2({k: get(k) for k in qwen1.outer_keys(m)}, m)
@@ -66,11 +76,15 @@ def _read_group(get: Callable[[str], torch.Tensor], m: Any, group: Any) -> dict[
 
 
 def _to_megatron(hf: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
+    if _hybrid(m):
+        return qwen3_next.to_megatron(hf, m, group)
     return qwen2.outer_to_megatron(hf, m) if group == "outer" else qwen2.layer_to_megatron(hf, m, group)
 
 
 def _to_hf(meg: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
-    """One group in the model's own HF layout (Qwen2 names, or Qwen v1's)."""
+    """One group in the model's own HF layout (Qwen2 names, Qwen v1's, or a hybrid's)."""
+    if _hybrid(m):
+        return qwen3_next.to_hf(meg, m, group)
     q2 = qwen2.outer_to_hf(meg, m) if group == "outer" else qwen2.layer_to_hf(meg, m, group)
     if _layout(m) == "qwen":
         return qwen1.outer_from_qwen2(q2, m) if group == "outer" else qwen1.layer_from_qwen2(q2, m, group)
@@ -78,7 +92,10 @@ def _to_hf(meg: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.
 
 
 def hf_config_for(m: Any, dtype: torch.dtype) -> dict:
-    cfg = qwen1.hf_config(m) if _layout(m) == "qwen" else qwen2.hf_config(m)
+    if _hybrid(m):
+        cfg = qwen3_next.hf_config(m)
+    else:
+        cfg = qwen1.hf_config(m) if _layout(m) == "qwen" else qwen2.hf_config(m)
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     return cfg
 
@@ -143,14 +160,23 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
     dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    reader = SafetensorsReader(hf_dir)
+    root = qwen3_next.hf_root(reader.keys()) if _hybrid(m) else "model."
+    if _hybrid(m) and not m.mtp_num_layers and "mtp.fc.weight" in reader.keys():  # config.json did not say
+        m = dataclasses.replace(m, mtp_num_layers=len({k.split(".")[2] for k in reader.keys() if k.startswith("mtp.layers.")}))
     model = _world_of_one(m, DTYPES[dtype], device="meta")
     meta = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    reader = SafetensorsReader(hf_dir)
     expected: dict[str, tuple] = {}  # checkpoint tensor -> the shape config.json's architecture needs
     for group in _groups(m):
-        expected.update({k: tuple(t.shape) for k, t in _to_hf(meta, m, group).items()})
+        names = qwen3_next.hf_keys(m, group, root) if _hybrid(m) else None
+        converted = _to_hf(meta, m, group)  # names under "model."; a multimodal checkpoint's under root
+        expected.update({(names[i] if names else k): tuple(t.shape) for i, (k, t) in enumerate(converted.items())})
     # refuse a checkpoint that does not fit before writing anything
     unknown = reader.keys() - set(expected)
+    vision = {k for k in unknown if k.startswith(VISION_PREFIXES)}
+    if vision:
+        log.info("%s: left alone %d vision tensors (model.visual.*): qwenpt trains the language model", hf_dir, len(vision))
+        unknown -= vision
     if m.tie_embeddings:  # some tied checkpoints carry the tied copy too
         unknown.discard("lm_head.weight")
     unknown = {k for k in unknown if not k.endswith(qwen1.IGNORED_SUFFIXES)}
@@ -182,7 +208,13 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
     else:
         get = get_raw
     run_config = OmegaConf.to_yaml({"model": dataclasses.asdict(m), "convert": {"from": str(hf_dir), "dtype": dtype}})
-    save_on_demand(model, out, lambda param: qwen2.megatron_param(param, get, m), DTYPES[dtype], run_config)
+    if _hybrid(m):
+        def param(name: str) -> torch.Tensor:
+            return qwen3_next.megatron_param(name, get, m, root)
+    else:
+        def param(name: str) -> torch.Tensor:
+            return qwen2.megatron_param(name, get, m)
+    save_on_demand(model, out, param, DTYPES[dtype], run_config)
     if non_finite:
         named = ", ".join(f"{k} ({n})" for k, n in sorted(non_finite.items())[:5])
         raise ConfigError(f"{hf_dir}: {sum(non_finite.values())} non-finite values (NaN or Inf) in {len(non_finite)} "
@@ -234,7 +266,10 @@ def hf_reference_model(hf_dir: str | Path, m: ModelConfig) -> torch.nn.Module:
     Qwen2 model built from its converted tensors)."""
     transformers = _require_transformers()
 
-    if _layout(m) == "qwen2":
+    if _hybrid(m) and not hasattr(transformers, hf_architecture(m)):
+        raise ConfigError(f"verifying a {m.family} model needs transformers' {hf_architecture(m)} (transformers >= 5.2; "
+                          f"installed {transformers.__version__}): pip install -U 'transformers>=5.2'")
+    if _layout(m) != "qwen":
         return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     fields = {k: v for k, v in qwen2.hf_config(m).items() if k not in ("architectures", "model_type")}
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields)).eval()
@@ -284,7 +319,8 @@ def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 
 
     _require_transformers()  # before any model is built: the comparison needs it at the end
     ckpt = checkpoint.resolve(ckpt)
-    m = model_config_of_checkpoint(ckpt)
+    # logits only: transformers has no MTP layer to compare, and megatron-core's MTP needs labels
+    m = dataclasses.replace(model_config_of_checkpoint(ckpt), mtp_num_layers=0)
     validate_model(m, parallel)
     logging.getLogger("megatron.core").setLevel(logging.WARNING)
     distributed.initialize(parallel, seed=seed)
@@ -295,11 +331,12 @@ def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 
     tokens = torch.randint(0, m.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ours = megatron_logits(model, tokens)
-    if ours is None or parallel_state.get_tensor_model_parallel_rank() != 0:
+    if ours is None or parallel_state.get_tensor_model_parallel_rank() != 0 or parallel_state.get_data_parallel_rank() != 0:
         return None
     with torch.no_grad():
         reference = hf_reference_model(hf_dir, m)(tokens).logits.float()
     diff = (ours - reference).abs()
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "tokens": batch * seq,
             "logit_scale": float(reference.abs().max()), "model": m.name,
-            "layout": {"tp": parallel.tensor_model_parallel_size, "pp": parallel.pipeline_model_parallel_size}}
+            "layout": {"tp": parallel.tensor_model_parallel_size, "pp": parallel.pipeline_model_parallel_size,
+                       "ep": parallel.expert_model_parallel_size}}

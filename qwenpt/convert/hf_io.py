@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from qwenpt.config import ConfigError, ModelConfig
+from qwenpt.convert import qwen3_next
 from qwenpt.extras import require
 from qwenpt.models import rope
 
@@ -19,6 +20,9 @@ from qwenpt.models import rope
 _FEATURE = "reading and writing Hugging Face checkpoints (python -m qwenpt.convert, checkpoint.init_from_hf)"
 safe_open = require("safetensors", "hf", _FEATURE).safe_open
 save_file = require("safetensors.torch", "hf", _FEATURE).save_file
+
+# model_type of the hybrid generation's config.json (text models, and the released multimodal checkpoints)
+HYBRID_MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_moe")
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -82,11 +86,23 @@ def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None,
             rope_theta=_rope_theta(cfg, 10000.0), norm_eps=cfg.get("layer_norm_epsilon", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=True,
         )
+    if mtype in HYBRID_MODEL_TYPES:
+        text = cfg
+        if mtype in ("qwen3_5", "qwen3_5_moe"):  # Qwen3_5(Moe)ForConditionalGeneration: the language model's config
+            text = _Fields({**cfg["text_config"], **({"tie_word_embeddings": cfg["tie_word_embeddings"]}
+                                                     if "tie_word_embeddings" in cfg else {})})
+            text.source = f"{source} (text_config)"
+        fields = qwen3_next.model_fields(text, mtype, source)
+        if family is not None:
+            fields["family"] = family
+        return ModelConfig(name=name, **fields)
     if mtype not in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"):
         raise ConfigError(
             f"{source}: model_type {mtype!r} ({arch}) is not a Qwen layout this converter knows "
             "(qwen: QWenLMHeadModel; qwen2: Qwen2ForCausalLM; qwen2_moe: Qwen2MoeForCausalLM; "
-            "qwen3: Qwen3ForCausalLM; qwen3_moe: Qwen3MoeForCausalLM)"
+            "qwen3: Qwen3ForCausalLM; qwen3_moe: Qwen3MoeForCausalLM; qwen3_next: Qwen3NextForCausalLM; "
+            "qwen3_5_text / qwen3_5_moe_text: Qwen3_5(Moe)ForCausalLM; qwen3_5 / qwen3_5_moe: the released "
+            "Qwen3.5/3.6 Qwen3_5(Moe)ForConditionalGeneration)"
         )
     qwen3 = mtype.startswith("qwen3")
     fields = dict(

@@ -16,10 +16,11 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from qwenpt.models.attention import SDPAttention
-from qwenpt.models import dca, packed_rope, rope
+from qwenpt.models import dca, hybrid, packed_rope, rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
 
@@ -147,6 +148,8 @@ def transformer_config(
         # TE's fused RoPE kernel, as Megatron-LM uses; not with YaRN, whose attention factor the fused
         # packed-sequence (THD) kernel would drop
         apply_rope_fusion=use_transformer_engine() and not yarn,
+        # the hybrid generation: GDN layers, gated attention, zero-centred norms, MTP
+        **hybrid.transformer_config_fields(model),
     )
     if yarn:  # megatron-core reads YaRN's settings as attributes the TransformerConfig does not declare
         for key, value in rope.megatron_fields(model).items():
@@ -170,13 +173,19 @@ def layer_spec(model: Any) -> ModuleSpec:
 
 
 def block_spec(model: Any, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec | TransformerBlockSubmodules:
-    """The decoder of one model chunk: its layers and, without TE, a final norm that supports SP."""
+    """The decoder of one model chunk: its layers (Gated DeltaNet or attention, by the model's pattern)
+    and, without TE, a final norm that supports SP."""
     spec = layer_spec(model)
+    offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+    layers = range(offset, offset + get_num_layers_to_build(config, vp_stage=vp_stage))
+    if use_transformer_engine() and not hybrid.enabled(model):
+        return spec  # megatron-core builds the block: the layer repeated, TE's final norm
+    specs = hybrid.layer_specs(model, spec, layers, use_transformer_engine())
     if use_transformer_engine():
-        return spec
-    return TransformerBlockSubmodules(
-        layer_specs=[spec] * get_num_layers_to_build(config, vp_stage=vp_stage), layer_norm=RMSNorm
-    )
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TransformerBlockSubmodules(layer_specs=specs, layer_norm=TENorm)
+    return TransformerBlockSubmodules(layer_specs=specs, layer_norm=RMSNorm)
 
 
 def build_model(
@@ -196,6 +205,8 @@ def build_model(
         model, parallel, dtype, perform_initialization=perform_initialization, fp8=fp8, fp8_recipe=fp8_recipe
     )
     packed_rope.install()  # packed sequences: RoPE in one gather, no per-document loop (without TE's fused kernel)
+    if hybrid.enabled(model):
+        hybrid.install_cpu_kernels()  # Gated DeltaNet's kernels in torch where CUDA is absent
     vpp = parallel.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
@@ -204,13 +215,14 @@ def build_model(
             GPTModel(
                 config=config,
                 transformer_layer_spec=block_spec(model, config, stage),
+                mtp_block_spec=hybrid.mtp_block_spec(model, config, layer_spec(model), use_transformer_engine(), stage),
                 vocab_size=model.vocab_size,
                 max_sequence_length=model.max_position_embeddings,
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
                 share_embeddings_and_output_weights=model.tie_embeddings,
                 position_embedding_type="yarn" if rope.rope_scaling(model) is not None else "rope",
-                rotary_percent=1.0,
+                rotary_percent=model.rotary_percent,
                 rotary_base=int(model.rope_theta),
                 vp_stage=stage,
             )

@@ -38,7 +38,7 @@ from qwenpt.models import build_model, param_counts, use_transformer_engine
 from qwenpt.models.size import format_count
 from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
 from qwenpt.training.optim import build_optimizer, build_scheduler
-from qwenpt.training import extend, run_folder
+from qwenpt.training import extend, mtp, run_folder
 from qwenpt.training.resume import select_checkpoint
 from qwenpt.training.watchdog import Watchdog
 
@@ -174,7 +174,10 @@ def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], 
     else:
         batch = _this_cp_rank(batch)
     labels = batch["labels"] if get_attr_wrapped_model(model, "post_process") else None
-    output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed)
+    # multi-token prediction computes its own loss in the model: it needs the mask (EOD, CP padding) too
+    loss_mask = batch["loss_mask"] if labels is not None and get_attr_wrapped_model(model, "mtp_process") else None
+    output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed,
+                   **({"loss_mask": loss_mask} if loss_mask is not None else {}))
     positions = (batch["position_ids"], *position_buckets) if position_buckets else None
     return output, partial(loss_func, batch["loss_mask"], positions=positions)
 
@@ -354,6 +357,8 @@ class Trainer:
         )
         # the loss is read before the update (the same single host sync as before, now ahead of the step)
         loss, tokens = _reduce_loss(losses, self.rt.device)
+        if self.cfg.model.mtp_num_layers:
+            self.mtp_loss = mtp.step_loss(self.cfg.model.mtp_num_layers, self.num_micro, self.rt.device)
         guard.begin(loss)
         self.scheduler.step(increment=1)  # step k applies lr(k): warmup reaches the peak at k = warmup
         _, grad_norm, _ = self.optimizer.step()  # the guard's gate decides whether it updates
@@ -467,6 +472,8 @@ class Trainer:
                 "tokens_per_s": tps, "tflops_per_device": tflops,
                 "mfu": tflops / self.peak if self.peak else None,
             }
+            if cfg.model.mtp_num_layers:  # each MTP layer's loss (its weight is in the gradient, not here)
+                last["mtp_loss"] = self.mtp_loss
             if skipped:
                 last["skipped"] = True
             self.metrics.log(last)
@@ -478,6 +485,7 @@ class Trainer:
                     f"step {self.step:>6}/{t.steps} | loss {mean_loss:.4f} | lr {last['lr']:.3e} | "
                     f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
                     + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
+                    + (f" | MTP loss {' '.join(f'{x:.4f}' for x in last['mtp_loss'])}" if "mtp_loss" in last else "")
                     + (f" | {window_skips} skipped" if window_skips else "")
                 )
                 window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0

@@ -210,3 +210,47 @@ def test_a_steady_state_step_syncs_a_constant_few_times(tmp_path):
     r = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
     assert r["cuda_syncs"] is not None and r["cuda_syncs"] <= 16, r
     assert r["host_syncs"] <= 16, r["sync_sites"]
+
+
+def _has_fla() -> bool:
+    try:
+        import fla.ops.gated_delta_rule  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# the hybrid models' Gated DeltaNet kernels on a GPU (the gpu extra, scripts/gpu/minimal.txt)
+needs_fla = pytest.mark.skipif(torch.cuda.is_available() and not _has_fla(), reason="needs flash-linear-attention")
+
+
+@needs_fla
+def test_fla_gated_delta_rule_matches_the_cpu_kernels():
+    """flash-linear-attention's chunked kernel and causal conv (what megatron-core's GDN calls on a GPU) against
+    qwenpt's torch kernels (the CPU path, itself equal to transformers'), packed documents included (fp32 in,
+    the kernels' own tf32/bf16 inside: 1e-2 of the output scale)."""
+    from fla.modules.l2norm import l2norm
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    from qwenpt.models import hybrid
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 300, 4, 64, generator=g), torch.randn(1, 300, 4, 64, generator=g)
+    v, decay, beta = torch.randn(1, 300, 4, 64, generator=g), -torch.rand(1, 300, 4, generator=g), torch.rand(1, 300, 4, generator=g)
+    cu = torch.tensor([0, 100, 101, 300], dtype=torch.int32)
+    ours, _ = hybrid.chunk_gated_delta_rule(hybrid.l2norm(q), hybrid.l2norm(k), v, decay, beta, cu_seqlens=cu)
+    gpu = [t.cuda() for t in (q, k, v, decay, beta)]
+    theirs, _ = chunk_gated_delta_rule(l2norm(gpu[0]), l2norm(gpu[1]), *gpu[2:], cu_seqlens=cu.long().cuda())
+    assert (theirs.float().cpu() - ours).abs().max().item() <= 1e-2 * ours.abs().max().item()
+
+
+@needs_fla
+@pytest.mark.parametrize("name", ["tiny_qwen3_5", "tiny_qwen3_5_moe"])
+def test_hybrid_training_on_gpu_loss_falls(name, tmp_path):
+    """The hybrids on a GPU: megatron-core's GDN with fla's kernels, packed documents, MTP on."""
+    proc = run_train(tmp_path / "run", f"model={name}", *SHORT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    valid = read_metrics(tmp_path / "run", "valid")
+    assert valid[-1]["loss"] < valid[0]["loss"] - 2.0, valid
+    train = read_metrics(tmp_path / "run", "train")
+    assert train[-1]["mtp_loss"][0] < train[0]["mtp_loss"][0] - 1.0

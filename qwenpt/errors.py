@@ -1,0 +1,8 @@
+"""The error a user's mistake raises: it imports nothing of qwenpt, so every module can raise it.
+
+Entry points (train.py, the converters, the planner) print its message as one line and exit 2.
+"""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and what to do."""
