@@ -18,7 +18,7 @@ Raw multilingual text -> tokens -> megatron indexed datasets, with statistics an
   buckets, merge   the stages after `prepare --num-tasks N` (Slurm array tasks): near-dedup bands, final merge
   stats            print a manifest's per-language table (or --json)
   mix              blend weights for a token budget -> a data config train.py reads
-  tokenizer        write the Qwen2 / Qwen2.5 / Qwen3 tokenizer (HF directory), rebuilt offline
+  tokenizer        write the Qwen2 / Qwen2.5 / Qwen3 / Qwen3.5 tokenizer (HF directory), rebuilt offline
   train-tokenizer  train a small Qwen2-style byte-level BPE for offline use
 
 Example:
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _reader_args(p)
     p.add_argument("--output", "-o", required=True, help="output folder (datasets, manifest.parquet, rejects.jsonl, shards/)")
     p.add_argument("--tokenizer", required=True,
-                   help="qwen2, qwen2.5 or qwen3 (built offline), a Hugging Face tokenizer.json, or a folder holding one")
+                   help="qwen2, qwen2.5, qwen3, qwen3.5 or qwen3.6 (built offline), a Hugging Face tokenizer.json, "
+                        "or a folder holding one")
     p.add_argument("--engine", choices=("auto", "fastokens", "gigatoken", "tokenizers"), default="auto",
                    help="tokenizer engine (default auto: the fastest whose ids equal HF tokenizers' on a probe set)")
     p.add_argument("--group-by", choices=("lang", "source"), default="lang", help="one dataset per language or per source")
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenizer", help="write a Qwen tokenizer directory transformers loads",
                        description="Write tokenizer.json, vocab.json, merges.txt and tokenizer_config.json of a Qwen "
                                    "model, rebuilt from the bundled Qwen BPE ranks (no network).")
-    p.add_argument("name", choices=("qwen2", "qwen2.5", "qwen3"), help="qwen2: 151,646 ids; qwen2.5: 151,665; qwen3: 151,669")
+    p.add_argument("name", choices=("qwen2", "qwen2.5", "qwen3", "qwen3.5", "qwen3.6"),
+                   help="qwen2: 151,646 ids; qwen2.5: 151,665; qwen3: 151,669; qwen3.5 (= qwen3.6): 248,077")
     p.add_argument("--output", "-o", required=True, help="folder to write")
 
     p = sub.add_parser("train-tokenizer", help="train a small Qwen2-style byte-level BPE",

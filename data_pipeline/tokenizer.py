@@ -224,6 +224,9 @@ _PROBE_WORDS = [
     "quote <|endoftext|> here <|im_start|>user\n<think>hi</think><|im_end|> <tool_call>",
     "emoji 🤗🚀👩‍👩‍👧 flags 🇩🇪🇯🇵 and combining e\u0301 a\u0308 \u03d2\u0301 Ǆ ǅ ﬁ ℌ ①②",
     "0123456789 3.14159 1e-10 0x1F 1_000_000 ١٢٣ ०१२ 一二三 ⅠⅡⅢ",
+    # whole words that are Qwen3.5 tokens no merge builds (its tokenizer splits them; tiktoken's lookup does
+    # not), and combining marks its regex keeps with the letters (Qwen2's splits them off)
+    "Geht es möglicherweise? Japón, Japão, terdapat\n加拿大\nワクチン\n毛泽东 क्ष กัน أَهْلاً नमस्ते ന്റ",
 ]
 
 

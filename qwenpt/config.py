@@ -132,7 +132,8 @@ class DataConfig:
     name: str = "sample"
     # Empty blend: use the bundled multilingual sample (tokenized into cache_dir on first use).
     blend: List[BlendEntry] = field(default_factory=list)
-    # qwen2 / qwen2.5 / qwen3 (rebuilt offline), a tokenizer.json or a directory holding one; null: qwen2
+    # qwen2 / qwen2.5 / qwen3 / qwen3.5 / qwen3.6 (rebuilt offline), a tokenizer.json or a directory holding one; null: qwen3.5
+    # for models with Qwen3.5's vocabulary (248320 rows), qwen2
     # for models with Qwen's vocabulary, the bundled 8192-token BPE for smaller ones (tiny)
     tokenizer: Optional[str] = None
     # Bundled sample only: share per language (e.g. {en: 0.5, zh-cn: 0.5}); languages left out are

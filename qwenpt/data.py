@@ -55,9 +55,11 @@ class Blend:
 
 
 def load_tokenizer(data: Any, model_vocab_size: int | None = None) -> TextTokenizer:
-    """``data.tokenizer``: a Qwen name (qwen2, qwen2.5, qwen3; built offline on first use), a
-    tokenizer.json or a directory; unset: qwen2 for a model with Qwen's vocabulary, else the bundled BPE."""
-    name = data.tokenizer or ("qwen2" if (model_vocab_size or 0) >= QWEN2_VOCAB else BUNDLED_TOKENIZER)
+    """``data.tokenizer``: a Qwen name (qwen2, qwen2.5, qwen3, qwen3.5, qwen3.6; built offline on first use), a
+    tokenizer.json or a directory; unset: qwen3.5 for a model with Qwen3.5's vocabulary (248,077 ids; 248,320
+    rows), qwen2 for one with Qwen's (151,646 ids), else the bundled BPE."""
+    vocab = model_vocab_size or 0
+    name = data.tokenizer or ("qwen3.5" if vocab >= 248077 else "qwen2" if vocab >= QWEN2_VOCAB else BUNDLED_TOKENIZER)
     return TextTokenizer(name)
 
 
