@@ -19,4 +19,4 @@ if [ -z "${QWENPT_PY312_VENV:-}" ]; then
 fi
 "$VENV/bin/python" -c "import sys, torch, megatron.core; print(f'lane py312: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}')"
 "$VENV/bin/python" -m pytest -q tests/test_cpu_compat.py tests/test_models.py tests/test_train.py tests/test_precision.py \
-    tests/test_convert.py tests/test_parallel.py tests/test_long_context.py tests/test_gpu_bench.py tests/test_gpu_step.py tests/test_data_order.py tests/test_trust.py "$@"
+    tests/test_convert.py tests/test_hybrid.py tests/test_parallel.py tests/test_long_context.py tests/test_gpu_bench.py tests/test_gpu_step.py tests/test_data_order.py tests/test_trust.py "$@"

@@ -159,7 +159,8 @@ def data_config(name: str, manifest: Manifest, mixture: Mixture, seq_length: int
 
 # The smallest model config (conf/model/) of each Qwen tokenizer's vocabulary; any other tokenizer trains the
 # tiny CPU model, whose vocabulary (conf/model/tiny.yaml) is the bundled 8192-token BPE's
-QWEN_MODELS = {"qwen2": "qwen2_0.5b", "qwen2.5": "qwen2.5_0.5b", "qwen3": "qwen3_0.6b"}
+QWEN_MODELS = {"qwen2": "qwen2_0.5b", "qwen2.5": "qwen2.5_0.5b", "qwen3": "qwen3_0.6b", "qwen3.5": "qwen3.5_0.8b",
+               "qwen3.6": "qwen3.5_0.8b"}
 TINY_VOCAB = 8192
 
 

@@ -38,6 +38,7 @@ import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 from torch.distributed.checkpoint.api import CheckpointException
 
 from qwenpt.safe_load import verify_checkpoint
@@ -98,7 +99,10 @@ def _sharded_state_dict(
 ) -> dict:
     state: dict[str, Any] = {}
     for i, chunk in enumerate(model):
-        state[f"model{i}"] = _unwrap(chunk).sharded_state_dict()
+        # the data-parallel group named (megatron-core's default when none is given): the MTP stage's copy of the
+        # embedding (pipeline parallel, model.mtp_num_layers) reads it from the metadata and has no default
+        metadata = ensure_metadata_has_dp_cp_group(None)
+        state[f"model{i}"] = _unwrap(chunk).sharded_state_dict(metadata=metadata)
     if optimizer is not None:
         model_sd = {k: v for k, v in state.items() if k.startswith("model")}
         # only the distributed optimizer reads this: how its DP-sharded state is laid out on disk

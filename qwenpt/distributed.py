@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
 from qwenpt import cpu_compat
 
@@ -63,8 +65,19 @@ def initialize(parallel: Any, seed: int, timeout_s: float = 1800.0) -> Runtime:
     """Process group, megatron-core model-parallel groups, and seeds (same init on every DP rank)."""
     rt = init_process_group(timeout_s)
     init_parallel_state(parallel, timeout_s=timeout_s)
+    clear_loss_trackers()
     seed_everything(seed)
     return rt
+
+
+def clear_loss_trackers() -> None:
+    """Empty megatron-core's process-wide per-layer loss trackers (MoE auxiliary losses, MTP losses).
+
+    Each is sized by the first model that writes to it; a later run in the same process (the layout
+    tests' worker, a notebook) with more layers would index past the end (``IndexError`` in
+    ``save_to_aux_losses_tracker``) or log the last run's numbers."""
+    get_moe_layer_wise_logging_tracker().clear()
+    MTPLossLoggingHelper.tracker.clear()
 
 
 def init_parallel_state(parallel: Any, gloo_groups: bool = True, timeout_s: float = 1800.0) -> None:

@@ -53,6 +53,20 @@ def hf_model(m: ModelConfig, seed: int = 0):
     return model
 
 
+def logits_error(ref, m: ModelConfig, ckpt: Path, tokens: torch.Tensor) -> float:
+    """Largest |logit difference| between transformers' model ``ref`` and the megatron-core model ``m`` loaded
+    from the checkpoint ``ckpt`` (one process, eval mode)."""
+    from qwenpt import checkpoint
+    from qwenpt.convert.hf import megatron_logits
+    from qwenpt.models import build_model
+
+    model = build_model(m, ParallelConfig(), perform_initialization=False)
+    checkpoint.load_model(ckpt, model)
+    model[0].eval()
+    with torch.no_grad():
+        return (megatron_logits(model, tokens) - ref(tokens).logits).abs().max().item()
+
+
 def run_train(run_dir: Path, *overrides: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python train.py`` as a user runs it, in its own process, into ``run_dir``; stderr is merged
     into ``.stdout`` (Hydra logs to stdout, tracebacks go to stderr)."""

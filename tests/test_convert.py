@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, hf_model, model_config, run_train
+from conftest import ROOT, hf_model, logits_error, model_config
 from qwenpt.config import ConfigError
 
 TOKENIZER_DIR = ROOT / "qwenpt" / "assets" / "tokenizer"
@@ -83,22 +83,13 @@ def _tokens(m_vocab: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("key", list(MODELS))
 def test_import_gives_transformers_logits(converted, key, megatron_world):
-    from qwenpt import checkpoint
-    from qwenpt.config import ParallelConfig
-    from qwenpt.convert.hf import megatron_logits, model_config_of_checkpoint
-    from qwenpt.models import build_model
+    from qwenpt.convert.hf import model_config_of_checkpoint
 
     ref, _, ckpt, summary = converted[key]
     m = model_config_of_checkpoint(ckpt)
     assert m.family == {"qwen_v1": "qwen", "qwen3": "qwen3", "qwen3_moe": "qwen3"}.get(key, "qwen2")
     assert summary["parameters"] == sum(p.numel() for p in ref.parameters())
-    model = build_model(m, ParallelConfig(), perform_initialization=False)
-    checkpoint.load_model(ckpt, model)
-    model[0].eval()
-    tokens = _tokens(m.vocab_size)
-    with torch.no_grad():
-        ours, theirs = megatron_logits(model, tokens), ref(tokens).logits
-    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert logits_error(ref, m, ckpt, _tokens(m.vocab_size)) <= 1e-5
 
 
 @pytest.mark.parametrize("key", list(MODELS))

@@ -147,9 +147,10 @@ def test_mix_picks_a_model_whose_vocabulary_fits_the_tokenizer():
         return yaml.safe_load((ROOT / "conf" / "model" / f"{model}.yaml").read_text())["vocab_size"]
 
     assert vocab_of("tiny") == TINY_VOCAB
-    for name, ids in {"qwen2": 151646, "qwen2.5": 151665, "qwen3": 151669}.items():  # a model of that family
-        (model,) = model_overrides(manifest(name, ids))
+    for name, ids in {"qwen2": 151646, "qwen2.5": 151665, "qwen3": 151669, "qwen3.5": 248077}.items():
+        (model,) = model_overrides(manifest(name, ids))  # a model of that family
         assert model.startswith(f"model={name}_") and vocab_of(model.removeprefix("model=")) >= ids
+    assert model_overrides(manifest("qwen3.6", 248077)) == ["model=qwen3.5_0.8b"]  # the same tokenizer
     assert model_overrides(manifest("/tok/tokenizer.json", 8192)) == ["model=tiny"]
     assert model_overrides(manifest("/tok/tokenizer.json", 32001)) == ["model=tiny", "model.vocab_size=32128"]
     qwen = manifest("qwen2.5", 151665)

@@ -33,12 +33,16 @@ PUBLISHED = {
 PUBLISHED_ACTIVE = {"qwen1.5_moe_a2.7b": 2.7, "qwen2_57b_a14b": 14.2}
 # Qwen3's model cards give activated parameters truncated, not rounded: 3.3B (of 30.5B) and 22B (of 235B)
 PUBLISHED_ACTIVE_TRUNCATED = {"qwen3_30b_a3b": (3.3, 0.1), "qwen3_235b_a22b": (22.0, 1.0)}
-TINY = {"tiny", "tiny_moe", "tiny_qwen3", "tiny_qwen3_moe"}
+TINY = {"tiny", "tiny_moe", "tiny_qwen3", "tiny_qwen3_moe", "tiny_qwen3_5", "tiny_qwen3_5_moe"}
 
 
 def test_every_public_config_is_listed():
+    """Each public config has its published size checked: here, or (the hybrids) in test_hybrid_sizes."""
+    from test_hybrid_sizes import HYBRID, PUBLISHED_TOTAL
+
     names = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} - TINY
-    assert names == set(PUBLISHED)
+    assert set(HYBRID) == set(PUBLISHED_TOTAL)
+    assert names == set(PUBLISHED) | set(HYBRID)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

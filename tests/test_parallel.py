@@ -59,9 +59,10 @@ LAYOUTS = {
                       "x dp 2, experts ep 2 x etp 1, alltoall"),
     "qwen3_moe_tp2_sp": ("tiny_qwen3_moe", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1, experts ep 1 x etp 2"),
     # the hybrids (Gated DeltaNet + gated attention, MTP on): GDN heads split over TP, the layer pattern split
-    # over two stages (GDN, GDN | GDN, attention + the MTP layer), experts over EP
+    # over two stages (GDN, GDN | GDN, attention + the MTP layer with its copy of the embedding; untied: tied
+    # embeddings with MTP under PP are refused), experts over EP
     "qwen3_5_tp2_sp": ("tiny_qwen3_5", 2, TP2_SP, "tp 2 (sp) x pp 1 x cp 1 x dp 1"),
-    "qwen3_5_pp2": ("tiny_qwen3_5", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
+    "qwen3_5_moe_pp2": ("tiny_qwen3_5_moe", 2, ["parallel.pipeline_model_parallel_size=2"], "tp 1 x pp 2 x cp 1 x dp 1"),
     "qwen3_5_moe_ep2": ("tiny_qwen3_5_moe", 2, EP2 + ALLTOALL + ["train.micro_batch_size=8"],
                         "x dp 2, experts ep 2 x etp 1, alltoall"),
     # GDN under context parallelism (megatron-core >= 0.18: heads spread over the CP ranks by all-to-all), on

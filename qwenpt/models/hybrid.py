@@ -30,21 +30,13 @@ import torch.nn.functional as F
 from packaging.version import Version
 
 from qwenpt.errors import ConfigError
+from qwenpt.models.size import is_hybrid as enabled, is_linear_layer
 
 # megatron-core's GDN module: one file in 0.16, a package (common + gdn) from 0.18
 _GDN_MODULES = ("megatron.core.ssm.gated_delta_net", "megatron.core.ssm.gated_delta_net.common",
                 "megatron.core.ssm.gated_delta_net.gdn")
 PACKED_GDN_VERSION = "0.18"  # megatron-core's GDN takes packed sequences (cu_seqlens) and CP from here
 CHUNK = 64
-
-
-def enabled(m: Any) -> bool:
-    return m.full_attention_interval is not None
-
-
-def is_linear_layer(m: Any, layer: int) -> bool:
-    """Whether layer ``layer`` (counted from 0) is Gated DeltaNet: every layer but each interval-th."""
-    return enabled(m) and (layer + 1) % m.full_attention_interval != 0
 
 
 def layer_types(m: Any) -> list[str]:
@@ -67,6 +59,8 @@ def validate(m: Any, parallel: Any = None) -> None:
     _check(m.mtp_num_layers >= 0, f"model.mtp_num_layers must be 0 or more, got {m.mtp_num_layers}")
     _check(0.0 < m.rotary_percent <= 1.0, f"model.rotary_percent must be in (0, 1], got {m.rotary_percent}")
     if not enabled(m):
+        if parallel is not None:
+            _check_mtp_layout(m, parallel)
         return
     interval = m.full_attention_interval
     _check(interval >= 1, f"model.full_attention_interval must be 1 or more (or null), got {interval}")
@@ -83,9 +77,10 @@ def validate(m: Any, parallel: Any = None) -> None:
             importlib.import_module("fla.ops.gated_delta_rule")
         except ImportError:
             raise ConfigError("Gated DeltaNet layers on a GPU need flash-linear-attention's kernels: "
-                              "pip install 'qwenpt[gpu]' (or pip install flash-linear-attention)") from None
+                              "pip install 'qwenpt[gpu]' (or pip install fla-core)") from None
     if parallel is None:
         return
+    _check_mtp_layout(m, parallel)
     tp = parallel.tensor_model_parallel_size
     for key in ("linear_num_key_heads", "linear_num_value_heads"):
         _check(getattr(m, key) % tp == 0,
@@ -99,6 +94,15 @@ def validate(m: Any, parallel: Any = None) -> None:
             _check(getattr(m, key) % (tp * cp) == 0,
                    f"model.{key} {getattr(m, key)} is not divisible by tensor x context parallel size {tp * cp} "
                    "(megatron-core's GDN spreads heads over the CP ranks)")
+
+
+def _check_mtp_layout(m: Any, parallel: Any) -> None:
+    pp = parallel.pipeline_model_parallel_size
+    _check(not (m.mtp_num_layers and m.tie_embeddings and pp > 1),
+           f"model.mtp_num_layers {m.mtp_num_layers} with model.tie_embeddings and parallel.pipeline_model_parallel_size "
+           f"{pp}: megatron-core (0.16-0.19) gives the MTP stage its own output weight, which its checkpointing then "
+           "refuses for tied embeddings; the tied (small) hybrids fit without pipeline parallelism: set "
+           "pipeline_model_parallel_size=1, or model.mtp_num_layers=0")
 
 
 def validate_document_mask(m: Any, document_mask: bool, parallel: Any = None) -> None:
