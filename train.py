@@ -1,7 +1,7 @@
 """Pretrain a Qwen model: ``python train.py [overrides]`` or ``torchrun --nproc_per_node N train.py ...``.
 
-Configuration is composed by Hydra from conf/ (see conf/config.yaml); the schema and its
-validation live in qwenpt/config.py, the loop in qwenpt/training/. A run the guard halts
+Configuration is composed by Hydra from conf/ (see conf/config.yaml); the schema lives in
+qwenpt/config.py, its validation in qwenpt/validation.py, the loop in qwenpt/training/. A run the guard halts
 (non-finite loss or grad norm, a loss spike) exits with code 3 and one message, no traceback; a
 configuration or input the run cannot use, with code 2 and one message.
 """
@@ -24,7 +24,7 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from qwenpt.training import run
+    from qwenpt.training.loop import run
     from qwenpt.training.guard import TrainingHalted
 
     try:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAKE_MODEL = """
 import sys, torch, transformers, yaml
 from qwenpt.config import ModelConfig
-from qwenpt.convert.qwen2 import hf_config
+from qwenpt.convert.layouts.qwen2 import hf_config
 name, dtype, out = sys.argv[1:]
 m = ModelConfig(**yaml.safe_load(open(f"conf/model/{name}.yaml")))
 fields = {k: v for k, v in hf_config(m).items() if k not in ("architectures", "model_type")}

@@ -8,7 +8,7 @@ Corpus: by default the bundled sample (qwenpt/assets/sample, 10 languages, 0.63 
 record has a ``lang`` field. ``--corpus`` takes your own JSONL (.gz/.zst) file or folder instead
 (``--copies`` default 1). Same tokenizer (Qwen2, built offline) and cores for every tool; runs
 alternate and the median is kept. A corpus repeated many times flatters every tokenizer (its
-cache of merged words is warm after the first copy); the README gives both kinds.
+cache of merged words is warm after the first copy); docs/data-pipeline.md#throughput gives both kinds.
 
 - ``bare``: the fastest exact engine (``TextTokenizer('qwen2').encode_flat``) over every text
   already decoded and NFC-normalised in memory, batches of ``--batch`` documents: the floor of any

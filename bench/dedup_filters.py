@@ -59,7 +59,7 @@ def speed(repeat: int) -> dict:
     docs = sample_docs() * repeat
     texts, langs = [t for t, _ in docs], [lang for _, lang in docs]
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    neardedup._word_chars()  # built once per process (~0.3 s), not counted
+    neardedup.word_chars()  # built once per process (~0.3 s), not counted
     config = neardedup.NearDedupConfig()
     out = {"text_mb": round(mb, 2), "documents": len(docs)}
 
@@ -80,7 +80,8 @@ def speed(repeat: int) -> dict:
 
 def _libraries(texts: list[str]) -> dict:
     """The MinHash libraries considered, when installed, on word 5-gram shingles built in Python (what
-    they take: strings or bytes; no CJK handling), 128 permutations: for the README's choice."""
+    they take: strings or bytes; no CJK handling), 128 permutations: for the choice in
+    docs/data-pipeline.md#near-duplicates-quality-filters-slurm-arrays."""
     import re
 
     words = re.compile(r"\w+")

@@ -141,12 +141,12 @@ def worker(args: argparse.Namespace) -> None:
     from torch.autograd import DeviceType
 
     from qwenpt.metrics import read_metrics
-    from qwenpt.training import Trainer
+    from qwenpt.training.loop import Trainer
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stdout)
     run_dir = Path(args.worker).with_suffix("")
     trainer = Trainer(compose_cfg(args, run_dir))
-    trainer._log_eval = lambda *a, **k: None  # evaluation and checkpoint saves off: the train steps are measured
+    trainer.evaluator.should_run = lambda step: False  # evaluation and checkpoint saves off: the train steps are measured
     trainer.save = lambda: None
     rank = int(os.environ.get("RANK", "0"))
     profiler = _profile_last_steps(trainer, args.steps, args.profile) if args.profile and rank == 0 else None

@@ -1,10 +1,10 @@
-"""Wall time of README's scaling-law ``fit`` example, for one or two source trees in the same run.
+"""Wall time of the scaling-law ``fit`` example in docs/scaling-laws.md#scaling-laws, for one or two source trees in the same run.
 
     python bench/scaling_fit.py [--bootstrap 200] [--src OLD_TREE ...] [--data epoch olmo]
         [--out bench/results/scaling_fit.json]
 
 Runs ``python -m qwenpt.scaling fit --law chinchilla --data points.csv --n-col N --d-col D
---loss-col loss --bootstrap 200 --budgets 1e21,1e23`` (README, "Scaling laws") as a subprocess on
+--loss-col loss --bootstrap 200 --budgets 1e21,1e23`` (docs/scaling-laws.md#scaling-laws) as a subprocess on
 points.csv files written here: ``epoch``, Epoch AI's refit of Chinchilla on an IsoFLOP design (5
 budgets x 7 sizes) with 0.3% noise, as tests/test_scaling.py draws it; ``olmo``, the 20 fully
 decayed OLMo 2 ladder runs kept in analysis/data/published/. Each ``--src`` (a tree holding
@@ -83,7 +83,7 @@ def run_fit(src: Path, points: Path, bootstrap: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bootstrap", type=int, default=200, help="README's example uses 200")
+    parser.add_argument("--bootstrap", type=int, default=200, help="docs/scaling-laws.md's example uses 200")
     parser.add_argument("--src", nargs="+", default=[str(ROOT)], help="source trees to time (default: this one)")
     parser.add_argument("--data", nargs="+", default=["epoch"], choices=sorted(DATA))
     parser.add_argument("--out", help="write the results as JSON")

@@ -33,7 +33,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E
 
 from qwenpt.config import register  # noqa: E402
 from qwenpt.models import build_model  # noqa: E402
-from qwenpt.training.loop import Trainer, forward_step, resolve_dtype, wrap_ddp  # noqa: E402
+from qwenpt.training.forward import forward_step  # noqa: E402
+from qwenpt.training.loop import Trainer, resolve_dtype, wrap_ddp  # noqa: E402
 from qwenpt.training.optim import build_optimizer  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def bare_loop(cfg, warmup: int, steps: int) -> float:
 def trainer_loop(cfg, warmup: int, steps: int) -> float:
     """tokens/s of the Trainer's real fit loop (eval and checkpoint saves switched off)."""
     trainer = Trainer(cfg)
-    trainer._log_eval = lambda *a, **k: None
+    trainer.evaluator.should_run = lambda step: False
     trainer.save = lambda: None
     cfg.train.steps = warmup
     trainer.fit()

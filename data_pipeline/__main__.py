@@ -1,4 +1,6 @@
-"""``python -m data_pipeline {prepare,stats,mix,train-tokenizer} --help``."""
+"""``python -m data_pipeline {prepare,plan,buckets,merge,stats,mix,tokenizer,train-tokenizer} --help``.
+
+The command line over the library: this module imports data_pipeline's modules, never the reverse."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ DESCRIPTION = """\
 Raw multilingual text -> tokens -> megatron indexed datasets, with statistics and mixtures.
 
   prepare          read, clean, tag, tokenize and write .bin/.idx per language + manifest.parquet
+  plan             the input files and MB each of N `prepare --num-tasks N` tasks gets (slurm/prepare_data.sh)
   buckets, merge   the stages after `prepare --num-tasks N` (Slurm array tasks): near-dedup bands, final merge
   stats            print a manifest's per-language table (or --json)
   mix              blend weights for a token budget -> a data config train.py reads
@@ -77,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-shards", action="store_true", help="delete OUT/shards after merging (a later change of inputs redoes every file)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line instead of a table")
+
+    p = sub.add_parser("plan", help="the input files and MB each of N prepare tasks gets",
+                       description="Check prepare's arguments, then print the input files and MB each of NUM_TASKS "
+                                   "`prepare --num-tasks NUM_TASKS` tasks gets, and `output: OUT`, `near_dedup: 0|1` "
+                                   "(what slurm/prepare_data.sh submits).")
+    p.add_argument("num_tasks", type=int, metavar="NUM_TASKS", help="tasks of the Slurm array")
+    p.add_argument("prepare_args", nargs=argparse.REMAINDER, metavar="PREPARE_ARGS",
+                   help="prepare's arguments, as the tasks will get them (inputs, --output, ...)")
 
     p = sub.add_parser("buckets", help="near-dedup buckets stage of a multi-task run (optional: merge does what is left)",
                        description="Hash this task's LSH bands of every shard's MinHash signatures into candidate pairs.")
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     try:
-        commands = {"prepare": _prepare, "buckets": _buckets, "merge": _merge, "stats": _stats, "mix": _mix, "tokenizer": _tokenizer, "train-tokenizer": _train_tokenizer}
+        commands = {"prepare": _prepare, "plan": _plan, "buckets": _buckets, "merge": _merge, "stats": _stats, "mix": _mix, "tokenizer": _tokenizer, "train-tokenizer": _train_tokenizer}
         return commands[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -163,7 +174,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from data_pipeline.neardedup import NearDedupConfig
     from data_pipeline.prepare import PrepareConfig, prepare
     from data_pipeline.quality import QualityConfig, Thresholds, parse_filters
-    from data_pipeline.tasks import TaskSplit
+    from data_pipeline.run_config import TaskSplit
     from data_pipeline.tokenizer import TextTokenizer
 
     config = PrepareConfig(
@@ -196,8 +207,17 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from data_pipeline.tasks import print_plan
+
+    prepare = build_parser().parse_args(["prepare", *args.prepare_args])  # exits 2 naming a bad argument, as prepare does
+    print_plan(args.num_tasks, prepare.inputs, prepare.output, prepare.near_dedup_threshold if prepare.near_dedup else None)
+    return 0
+
+
 def _buckets(args: argparse.Namespace) -> int:
-    from data_pipeline.tasks import TaskSplit, buckets
+    from data_pipeline.run_config import TaskSplit
+    from data_pipeline.tasks import buckets
 
     split = TaskSplit.from_env(args.num_tasks, args.task_index)
     written = buckets(Path(args.output), split)

@@ -19,7 +19,8 @@ spaces between words; shingles stay within a line, so reordered paragraphs do no
 similarity.
 Hashing is vectorised in numpy over a whole batch (a per-codepoint 64-bit mix, words summed with
 their positions, shingles combined from their words' hashes), MinHash as one-permutation hashing
-with optimal densification (one hash per shingle): see README for why no MinHash library is used.
+with optimal densification (one hash per shingle): see
+docs/data-pipeline.md#near-duplicates-quality-filters-slurm-arrays for why no MinHash library is used.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, elementwise (wrapping uint64 arithmetic)."""
     with np.errstate(over="ignore"):
         x = x.astype(np.uint64, copy=True)
@@ -87,7 +88,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _word_chars() -> np.ndarray:
+def word_chars() -> np.ndarray:
     """Per Unicode code point: is it part of a word (letters, combining marks, digits)? Marks count, so
     Hindi or Thai vowel signs do not split words."""
     import unicodedata
@@ -129,16 +130,16 @@ def _batch_shingles(texts: list[str], n: int, by_chars: bool) -> tuple[np.ndarra
     cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
     lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     doc_of = np.repeat(np.arange(len(texts)), lens + 1)[: len(cps)]  # the '\n' after a text belongs to it
-    is_w = _word_chars()[cps]
+    is_w = word_chars()[cps]
     pos = np.flatnonzero(is_w)
     if by_chars:  # units: single letters; punctuation and spaces skipped
-        unit_hash, unit_doc = _mix(cps[pos].astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)), doc_of[pos]
+        unit_hash, unit_doc = splitmix64(cps[pos].astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)), doc_of[pos]
     else:  # units: words, hashed from their letters and the letters' positions in the word
         starts = pos[np.r_[True, pos[1:] != pos[:-1] + 1]] if len(pos) else pos
         word_of = np.searchsorted(starts, pos, side="right") - 1
         in_word = pos - starts[word_of]
         with np.errstate(over="ignore"):
-            char_hash = _mix(cps[pos].astype(np.uint64) ^ (in_word.astype(np.uint64) << np.uint64(32)))
+            char_hash = splitmix64(cps[pos].astype(np.uint64) ^ (in_word.astype(np.uint64) << np.uint64(32)))
         first = np.searchsorted(pos, starts)
         unit_hash = np.add.reduceat(char_hash, first) if len(first) else np.zeros(0, np.uint64)
         unit_doc = doc_of[starts]
@@ -153,7 +154,7 @@ def _batch_shingles(texts: list[str], n: int, by_chars: bool) -> tuple[np.ndarra
         with np.errstate(over="ignore"):
             sh = np.zeros(m, dtype=np.uint64)
             for k in range(n):
-                sh += _mix(unit_hash[k : k + m] + np.uint64(k + 1))
+                sh += splitmix64(unit_hash[k : k + m] + np.uint64(k + 1))
         ok = unit_line[:m] == unit_line[n - 1 :]
         parts_h.append(sh[ok])
         parts_d.append(unit_doc[:m][ok])
@@ -164,7 +165,7 @@ def _batch_shingles(texts: list[str], n: int, by_chars: bool) -> tuple[np.ndarra
         if short.any():
             k = np.arange(len(unit_hash)) - np.repeat(first, count)
             with np.errstate(over="ignore"):
-                whole = np.add.reduceat(_mix(unit_hash + (k + 1).astype(np.uint64)), first)
+                whole = np.add.reduceat(splitmix64(unit_hash + (k + 1).astype(np.uint64)), first)
             parts_h.append(whole[short])
             parts_d.append(unit_doc[first[short]])
     sh = np.concatenate(parts_h) if parts_h else np.zeros(0, np.uint64)
@@ -193,7 +194,7 @@ def signatures(texts: Sequence[str], langs: Sequence[str | None], config: NearDe
         return out
     h, d = shingle_hashes(texts, langs, config)
     with np.errstate(over="ignore"):
-        h = _mix(h ^ np.uint64((config.seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF))
+        h = splitmix64(h ^ np.uint64((config.seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF))
     cell = d * p + ((h >> np.uint64(32)) % np.uint64(p)).astype(np.int64)
     np.minimum.at(out.reshape(-1), cell, (h & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     # a value of exactly 2^32-1 is indistinguishable from empty: harmless (it also borrows)
@@ -219,7 +220,7 @@ def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
     key = np.full(len(cols), band + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(rows):
-            key = _mix(key * np.uint64(0x100000001B3) + cols[:, j])
+            key = splitmix64(key * np.uint64(0x100000001B3) + cols[:, j])
     return key
 
 

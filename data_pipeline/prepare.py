@@ -22,70 +22,47 @@ each task's ids go out in one write per dataset. Outputs do not depend on the nu
 on where cleaning was settled.
 One run at a time per output folder: ``OUT/.lock`` (an advisory lock, released when the process
 ends, however it ends) names the holder's PID.
+
+The settings are run_config.py's; shard names, done markers, fingerprints, the final merge and the
+lock are run_layout.py's, shared with tasks.py (a staged run, which this module hands over to).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.clean import CleanConfig, Cleaner, hashes_to_array
-from data_pipeline.indexed import IndexedWriter, is_complete, merge_indexed_datasets, token_dtype
-from data_pipeline.manifest import Manifest, group_filename, write_manifest
-from data_pipeline.readers import Reader, Rejects, expand_inputs, source_name
+from data_pipeline.clean import Cleaner, hashes_to_array
+from data_pipeline.indexed import IndexedWriter, token_dtype
+from data_pipeline.manifest import Manifest, group_filename
+from data_pipeline.readers import Reader, Rejects, expand_inputs
+from data_pipeline.run_config import PrepareConfig
+from data_pipeline.run_layout import (
+    OutputLocked, ShardResult, file_identity, finished_manifest, finished_shard, lock_name, merge_and_write,
+    output_lock, run_fingerprint, shard_name, write_atomic,
+)
 from data_pipeline.tokenizer import TextTokenizer
 from data_pipeline import tasks  # issue 17: staged runs (near-dedup, Slurm array tasks), see tasks.py
-from data_pipeline.neardedup import NearDedupConfig
 from data_pipeline.workers import (
     Cleaned, TaskCleaner, Workers, auto_workers, background, encoded, heavy_cleaning, settle, task_bytes,
     tasks_of_files, tokenize, with_eod,
 )
 
+# What callers import from here (qwenpt.data, tests): the run and, re-exported, its config and the
+# folder's lock (at home in run_config.py and run_layout.py).
+__all__ = ["OutputLocked", "PrepareConfig", "output_lock", "prepare"]
+
 log = logging.getLogger(__name__)
 GROUP_BY = ("lang", "source")
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    inputs: tuple[str, ...]
-    output: str
-    tokenizer: str
-    text_field: str = "text"
-    lang_field: str | None = "lang"
-    source_field: str | None = "source"
-    text_unit: str = "paragraph"  # plain text: paragraph | line | file
-    format: str | None = None  # jsonl | parquet | text; None: from each file's extension
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    group_by: str = "lang"
-    batch_docs: int = 256  # records per task (a worker's unit of work, at most workers.TASK_BYTES of input)
-    engine: str = "auto"  # tokenizer engine: auto (fastest proven exact) | fastokens | gigatoken | tokenizers
-    workers: int = 0  # processes that parse and clean; 0: auto (workers.auto_workers); 1: a thread of this process
-    rejects_log_limit: int = 1000  # logged rejects per (file, reason); all are counted
-    keep_shards: bool = True  # False: delete OUT/shards once merged (a later change of inputs redoes every file)
-    progress: bool = True
-    near_dedup: NearDedupConfig | None = None  # MinHash LSH near-duplicate removal (tasks.py, neardedup.py)
-    tasks: tasks.TaskSplit = field(default_factory=tasks.TaskSplit)  # this run's part of a Slurm array
-
-    def settings_fingerprint(self, tokenizer: TextTokenizer) -> str:
-        """What decides a shard's bytes: the tokenizer file and every reading/cleaning setting."""
-        ignored = ("inputs", "output", "tokenizer", "progress", "keep_shards", "batch_docs", "workers", "engine", "tasks")
-        settings = {k: v for k, v in asdict(self).items() if k not in ignored}
-        settings["tokenizer_sha256"] = tokenizer.sha256
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -93,17 +70,6 @@ class GroupStats:
     documents: int = 0
     bytes: int = 0
     tokens: int = 0
-
-
-class ShardResult:
-    """What one input file produced: per (lang, source) stats, rejects, groups, dedup hashes."""
-
-    def __init__(self, stats: dict, rejects_log: list, hashes: np.ndarray) -> None:
-        self.stats, self.rejects_log, self.hashes = stats, rejects_log, hashes
-
-    @property
-    def groups(self) -> list[str]:
-        return sorted(self.stats["groups"])
 
 
 def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None, wait: bool = False) -> Manifest:
@@ -119,45 +85,13 @@ def prepare(config: PrepareConfig, tokenizer: TextTokenizer | None = None, wait:
         raise ValueError(f"--workers must be >= 0 (0: chosen by how heavy cleaning is; got {config.workers}) and "
                          f"--batch-docs >= 1 (got {config.batch_docs})")
     out = Path(config.output).expanduser()
-    done = _finished_manifest(out, _run_fingerprint(files, config.settings_fingerprint(tokenizer)))
+    done = finished_manifest(out, run_fingerprint(files, config.settings_fingerprint(tokenizer)))
     if done is not None:  # written whole (the manifest is published last): nothing to lock for
         log.info("%s is up to date with its %d inputs and settings; nothing to do", out / "manifest.parquet", len(files))
         return done
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, tasks.lock_name(config), wait=wait):
+    with output_lock(out, lock_name(config), wait=wait):
         return _prepare_locked(config, files, tokenizer, out)
-
-
-class OutputLocked(RuntimeError):
-    """Another run holds the output folder."""
-
-
-@contextlib.contextmanager
-def output_lock(out: Path, name: str = ".lock", wait: bool = False) -> Iterator[None]:
-    """Hold ``out/<name>`` for this run; a second run on the same folder fails at once, naming the holder
-    (``wait``: waits for it instead, saying so)."""
-    path = out / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:  # a POSIX record lock: unlike flock's, not inherited by forked worker processes
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            if not wait:
-                raise OutputLocked(
-                    f"output folder {out} is in use by another prepare run (PID {holder}); wait for it to finish, "
-                    "or pass another --output"
-                ) from None
-            log.warning("output folder %s is being prepared by another process (PID %s); waiting for it", out, holder)
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-        os.ftruncate(fd, 0)  # a finished run leaves an empty lock file: reruns end byte-identical
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTokenizer, out: Path) -> Manifest:
@@ -165,8 +99,8 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
     reader = Reader(config.text_field, config.lang_field, config.source_field, config.text_unit, config.format)
     cleaner = Cleaner(config.clean)
     dtype = token_dtype(tokenizer.vocab_size)
-    fingerprint = _run_fingerprint(files, settings)
-    done = _finished_manifest(out, fingerprint)
+    fingerprint = run_fingerprint(files, settings)
+    done = finished_manifest(out, fingerprint)
     if done is not None:
         log.info("%s is up to date with its %d inputs and settings; nothing to do", out / "manifest.parquet", len(files))
         return done
@@ -192,7 +126,7 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
     redo_rest = False
     for path in tasks.task_files(files, config):
         shard_dir = out / "shards" / shard_name(path)
-        result = None if redo_rest else _load_done(shard_dir, path, settings)
+        result = None if redo_rest else finished_shard(shard_dir, path, settings)
         redo_rest = redo_rest or (result is None and config.clean.dedup and not staged)
         plan.append((path, shard_dir, result))
     heavy = bool(heavy_cleaning(config.clean, config.lang_field))
@@ -223,7 +157,7 @@ def _prepare_locked(config: PrepareConfig, files: list[Path], tokenizer: TextTok
 
     if staged:
         return tasks.finish(out, config, files, tokenizer, results)
-    manifest = _merge_and_write(out, results, dtype, tokenizer, settings, fingerprint, config)
+    manifest = merge_and_write(out, results, dtype, tokenizer, settings, fingerprint, config)
     elapsed = time.perf_counter() - t0
     log.info(
         "prepared %d files in %.1f s: %d documents, %d tokens, %d dropped -> %s",
@@ -245,48 +179,6 @@ def _warn_missing_text_field(path: Path, reader: Reader, result: ShardResult) ->
         "%s: pass the one that holds the text, e.g. --text-field %s",
         path, reader.text_field, missing, ", ".join(fields), best if fields[best] else "FIELD",
     )
-
-
-def shard_name(path: Path) -> str:
-    return f"{group_filename(source_name(path))}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
-
-
-def _run_fingerprint(files: list[Path], settings: str) -> str:
-    """Identifies a run's inputs (path, size, mtime of each, in order) and settings."""
-    items = [[shard_name(f), _file_identity(f)] for f in files]
-    return hashlib.sha256(json.dumps([items, settings]).encode()).hexdigest()[:16]
-
-
-def _finished_manifest(out: Path, fingerprint: str) -> Manifest | None:
-    """The manifest of a finished run with these exact inputs and settings, if its datasets are all there."""
-    path = out / "manifest.parquet"
-    if not path.is_file():
-        return None
-    manifest = Manifest.read(path)
-    if manifest.run_fingerprint != fingerprint or not all(is_complete(out / p) for p in manifest.prefixes()):
-        return None
-    return manifest
-
-
-def _file_identity(path: Path) -> dict:
-    st = path.stat()
-    return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _load_done(shard_dir: Path, path: Path, settings: str) -> ShardResult | None:
-    """The finished shard for ``path``, or None when it must be (re)done."""
-    marker = shard_dir / "stats.json"
-    if not marker.is_file():
-        return None
-    stats = json.loads(marker.read_text())
-    if stats.get("settings") != settings or stats.get("file") != _file_identity(path):
-        log.info("shard %s is stale (input or settings changed); redoing it", shard_dir.name)
-        return None
-    if not all(is_complete(shard_dir / group_filename(g)) for g in stats["groups"]):
-        return None
-    rejects_log = [json.loads(line) for line in (shard_dir / "rejects.jsonl").read_text().splitlines()]
-    hashes = np.load(shard_dir / "hashes.npy") if (shard_dir / "hashes.npy").is_file() else np.zeros(0, np.uint64)
-    return ShardResult(stats, rejects_log, hashes)
 
 
 def _process_file(
@@ -330,19 +222,19 @@ def _process_file(
             writer.abort()
         raise
     stats = {
-        "file": _file_identity(path),
+        "file": file_identity(path),
         "settings": settings,
         "groups": {g: {"documents": w.documents, "tokens": w.tokens} for g, w in sorted(writers.items())},
         "rows": [[lang, source, asdict(s)] for (lang, source), s in sorted(by_key.items())],
         "rejects": [[lang, source, reason, n] for (lang, source, reason), n in sorted(rejects.counts.items())],
     }
     rejects.log.sort(key=lambda r: (r["line"], r["reason"]))  # line order, whichever step dropped a record
-    _write_atomic(shard_dir / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects.log))
+    write_atomic(shard_dir / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects.log))
     if config.clean.dedup:
         np.save(shard_dir / "hashes.npy", hashes_to_array(hashes))
     if per_doc is not None:
         per_doc.save(shard_dir)
-    _write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
+    write_atomic(shard_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False))  # last: shard done
     progress.rejects(rejects.total)
     return ShardResult(stats, rejects.log, hashes_to_array(hashes))
 
@@ -435,79 +327,6 @@ def _runs(groups: list[str]) -> list[tuple[str, np.ndarray | None]]:
 
 def _uniform(values: list[str]) -> bool:
     return values.count(values[0]) == len(values)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _merge_and_write(
-    out: Path, results: list[tuple[str, ShardResult]], dtype: type[np.number], tokenizer: TextTokenizer,
-    settings: str, fingerprint: str, config: PrepareConfig,
-) -> Manifest:
-    """Concatenate each group's shards into OUT/<group>, remove the datasets of the previous manifest that
-    this run has none of, then write rejects.jsonl and the manifest (last). A run of 0 documents fails
-    (ValueError) after writing rejects.jsonl, without a manifest."""
-    parts: dict[str, list[Path]] = defaultdict(list)
-    for rel, result in results:
-        for group in result.groups:
-            parts[group].append(out / rel / group_filename(group))
-    _write_atomic(
-        out / "rejects.jsonl",
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, result in results for r in result.rejects_log),
-    )
-    if not parts:
-        drops: dict[str, int] = defaultdict(int)
-        for _, result in results:
-            for _, _, reason, n in result.stats["rejects"]:
-                drops[reason] += n
-        why = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items())) or "no records were read"
-        raise ValueError(
-            f"the {len(results)} input file(s) gave 0 documents (dropped: {why}; see {out / 'rejects.jsonl'}), so "
-            f"there is no dataset to write and {out / 'manifest.parquet'} was not written; check the inputs and "
-            "--text-field, --format, --languages and the cleaning options"
-        )
-    for group, shard_prefixes in sorted(parts.items()):
-        merge_indexed_datasets(out / group_filename(group), shard_prefixes, dtype)
-    _remove_stale_datasets(out, {group_filename(g) for g in parts})
-    manifest = Manifest.from_shards(
-        [(rel, r.stats) for rel, r in results],
-        group_by=config.group_by,
-        tokenizer=tokenizer.name or str(tokenizer.path.resolve()),
-        vocab_size=tokenizer.vocab_size,
-        dtype=np.dtype(dtype).name,
-        settings=settings,
-        run_fingerprint=fingerprint,
-    )
-    write_manifest(manifest, out / "manifest.parquet")
-    if not config.keep_shards:
-        shutil.rmtree(out / "shards")
-    return manifest
-
-
-def _remove_stale_datasets(out: Path, keep: set[str]) -> None:
-    """Remove the datasets that this folder's previous manifest (qwenpt's own record of what it wrote) lists
-    and this run has no documents for, e.g. the other languages after a rerun with ``--languages en``: left
-    there, they look like part of the corpus. Nothing the previous manifest does not name is touched."""
-    path = out / "manifest.parquet"
-    if not path.is_file():
-        return
-    try:
-        previous = Manifest.read(path).prefixes()
-    except (OSError, ValueError, KeyError) as err:  # unreadable (pyarrow's errors are OSError/ValueError)
-        log.warning("%s is unreadable (%s); datasets of an earlier run, if any, are left in place", path, err)
-        return
-    for prefix in previous:
-        if prefix in keep or prefix != group_filename(prefix):  # only plain names, as this module writes them
-            continue
-        removed = [f"{prefix}{ext}" for ext in (".idx", ".bin") if (out / f"{prefix}{ext}").is_file()]
-        for name in removed:  # the index first: a reader that finds it finds a whole dataset
-            (out / name).unlink()
-        if removed:
-            log.info("removed %s from %s: the previous run's manifest listed it, this run has no documents for it",
-                     " and ".join(removed), out)
 
 
 class _Progress:

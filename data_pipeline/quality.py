@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipeline.neardedup import _mix, _word_chars, uses_chars
+from data_pipeline.neardedup import splitmix64, uses_chars, word_chars
 
 FILTERS = ("gopher_repetition", "gopher_quality", "c4", "non_letter")
 
@@ -87,7 +87,7 @@ def _word_ids(text: str, by_chars: bool) -> tuple[np.ndarray, np.ndarray]:
     words have no spaces (its code point is its id)."""
     if by_chars:
         cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        letters = cps[_word_chars()[cps]].astype(np.int64)
+        letters = cps[word_chars()[cps]].astype(np.int64)
         return letters, np.ones(len(letters), dtype=np.int64)
     words = text.split()
     ids: dict[str, int] = {}
@@ -106,7 +106,7 @@ def _ngram_hashes(wid: np.ndarray, sizes: list[int]) -> dict[int, np.ndarray]:
             m = len(wid) - n + 1
             if m <= 0:
                 break
-            h = h[:m] + _mix(base[n - 1 : n - 1 + m] + np.uint64(n))
+            h = h[:m] + splitmix64(base[n - 1 : n - 1 + m] + np.uint64(n))
             if n in sizes:
                 out[n] = h
     return out
@@ -227,7 +227,7 @@ def c4_lines(text: str, lang: str | None, t: Thresholds) -> tuple[str | None, st
 def non_letter(text: str, lang: str | None, t: Thresholds) -> str | None:
     cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     visible = cps[~np.isin(cps, (9, 10, 13, 32, 0xA0, 0x3000))]
-    if len(visible) and 1.0 - _word_chars()[visible].mean() + _digits(visible) > t.max_non_letter_frac:
+    if len(visible) and 1.0 - word_chars()[visible].mean() + _digits(visible) > t.max_non_letter_frac:
         return "fraction"
     return None
 

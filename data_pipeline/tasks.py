@@ -15,6 +15,9 @@ A single-machine staged run (``--num-tasks 1``) does the three itself, through t
 tasks + merge and one machine write byte-identical outputs whatever N is. A task that dies leaves
 its unfinished shard without ``stats.json``; rerunning that task redoes that file only, and merge
 names the tasks whose files are missing. Each task holds its own lock (``OUT/.lock-task-I``).
+
+This module reads and writes the output folder through run_layout.py, as prepare.py does; prepare.py
+calls it for a staged run and the CLI for buckets, merge and plan: it imports neither of them.
 """
 
 from __future__ import annotations
@@ -24,51 +27,34 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from data_pipeline import neardedup
+from data_pipeline.clean import CleanConfig
+from data_pipeline.indexed import IndexedWriter, read_index, token_dtype
+from data_pipeline.manifest import Manifest, group_filename
+from data_pipeline.quality import QualityConfig, Thresholds
+from data_pipeline.readers import expand_inputs
+from data_pipeline.run_config import PrepareConfig, TaskSplit
+from data_pipeline.run_layout import (
+    ShardResult, finished_manifest, finished_shard, merge_and_write, output_lock, run_fingerprint, shard_name,
+    write_atomic,
+)
+from data_pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TaskSplit:
-    num_tasks: int = 1
-    task_index: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
-            raise ValueError(f"--task-index {self.task_index} is not in 0..{self.num_tasks - 1} (--num-tasks {self.num_tasks})")
-
-    @classmethod
-    def from_env(cls, num_tasks: int | None = None, task_index: int | None = None,
-                 env: Mapping[str, str] = os.environ) -> "TaskSplit":
-        """Explicit values, else a Slurm job array's (``SLURM_ARRAY_TASK_COUNT``, ``SLURM_ARRAY_TASK_ID``:
-        submit ``--array=0-(N-1)``; to rerun some tasks, ``--array=3,7`` with ``--num-tasks N``), else one task."""
-        if num_tasks is None:
-            num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
-        if task_index is None:
-            task_index = int(env.get("SLURM_ARRAY_TASK_ID", 0))
-        return cls(num_tasks, task_index)
-
-    def mine(self, i: int) -> bool:
-        return i % self.num_tasks == self.task_index
-
-
-def is_staged(config) -> bool:
-    """Whether ``config`` (a PrepareConfig) runs in stages: near-dedup or several tasks."""
+def is_staged(config: PrepareConfig) -> bool:
+    """Whether ``config`` runs in stages: near-dedup or several tasks."""
     return config.near_dedup is not None or config.tasks.num_tasks > 1
 
 
-def lock_name(config) -> str:
-    return f".lock-task-{config.tasks.task_index}" if config.tasks.num_tasks > 1 else ".lock"
-
-
-def task_files(files: list[Path], config) -> list[Path]:
+def task_files(files: list[Path], config: PrepareConfig) -> list[Path]:
     """The files this task prepares: every one unless several tasks share the run."""
     return [f for i, f in enumerate(files) if config.tasks.mine(i)] if is_staged(config) else files
 
@@ -107,34 +93,28 @@ class ShardDocs:
             np.save(shard_dir / "sig.npy", np.concatenate(self.sigs) if self.sigs else np.zeros((0, p), np.uint32))
 
 
-def shard_docs(config) -> ShardDocs | None:
+def shard_docs(config: PrepareConfig) -> ShardDocs | None:
     return ShardDocs(config.near_dedup) if is_staged(config) else None
 
 
 # --- the plan: what merge needs to rebuild the run's config ---------------------------------------
 
-def write_plan(out: Path, config, files: Sequence[Path]) -> None:
+def write_plan(out: Path, config: PrepareConfig, files: Sequence[Path]) -> None:
     d = asdict(config)
     d.pop("tasks")
     plan = {"config": d, "num_tasks": config.tasks.num_tasks, "cwd": os.getcwd(), "files": [str(f) for f in files]}
     path = out / "tasks" / "plan.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".plan.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(plan, indent=1, ensure_ascii=False))
 
 
-def read_plan(out: Path):
+def read_plan(out: Path) -> tuple[PrepareConfig, list[Path]]:
     """(PrepareConfig, files) of the run prepared into ``out``."""
-    from data_pipeline.clean import CleanConfig
-    from data_pipeline.prepare import PrepareConfig
-    from data_pipeline.quality import QualityConfig, Thresholds
-
     path = out / "tasks" / "plan.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m data_pipeline prepare ... --output {out} "
                                 "--num-tasks N --task-index I` (or --near-dedup) first")
-    plan = json.loads(path.read_text())
+    plan = json.loads(path.read_text(encoding="utf-8"))  # write_atomic writes UTF-8
     c = dict(plan["config"])
     clean = dict(c["clean"])
     if clean.get("quality") is not None:
@@ -154,7 +134,7 @@ def read_plan(out: Path):
 
 # --- buckets: the near-dedup bands, spread over tasks ----------------------------------------------
 
-def buckets(out: Path, split: TaskSplit, tokenizer=None) -> list[Path]:
+def buckets(out: Path, split: TaskSplit, tokenizer: TextTokenizer | None = None) -> list[Path]:
     """The buckets stage for this task's bands (all shards must be done)."""
     config, files, run = _load_run(out, tokenizer)
     if config.near_dedup is None:
@@ -166,22 +146,17 @@ def buckets(out: Path, split: TaskSplit, tokenizer=None) -> list[Path]:
 
 
 def _load_run(out: Path, tokenizer=None):
-    from data_pipeline.prepare import _run_fingerprint
-    from data_pipeline.tokenizer import TextTokenizer
-
     config, files = read_plan(out)
     tokenizer = tokenizer or TextTokenizer(config.tokenizer, engine=config.engine)
     settings = config.settings_fingerprint(tokenizer)
-    return config, files, {"settings": settings, "fingerprint": _run_fingerprint(files, settings), "tokenizer": tokenizer}
+    return config, files, {"settings": settings, "fingerprint": run_fingerprint(files, settings), "tokenizer": tokenizer}
 
 
 def _done_shards(out: Path, config, files: list[Path], settings: str):
-    from data_pipeline.prepare import _load_done, shard_name
-
     shards, missing = [], []
     for i, f in enumerate(files):
         shard_dir = out / "shards" / shard_name(f)
-        result = _load_done(shard_dir, f, settings) if f.exists() else None
+        result = finished_shard(shard_dir, f, settings) if f.exists() else None
         if result is None or not (shard_dir / "docs.npz").is_file():
             missing.append(i)
         shards.append((shard_dir.relative_to(out).as_posix(), result))
@@ -198,11 +173,9 @@ def _done_shards(out: Path, config, files: list[Path], settings: str):
 
 # --- merge ----------------------------------------------------------------------------------------
 
-def merge(out: Path, tokenizer=None):
+def merge(out: Path, tokenizer: TextTokenizer | None = None) -> Manifest:
     """Check every shard, resolve duplicates across files and near-duplicates, write the outputs
     (datasets, rejects.jsonl, manifest.parquet) as a single-machine run does. Idempotent."""
-    from data_pipeline.prepare import output_lock
-
     out = Path(out)
     config, files, run = _load_run(out, tokenizer)
     with output_lock(out):
@@ -210,10 +183,7 @@ def merge(out: Path, tokenizer=None):
 
 
 def _merge_locked(out: Path, config, files: list[Path], run: dict):
-    from data_pipeline.indexed import token_dtype
-    from data_pipeline.prepare import _finished_manifest, _merge_and_write
-
-    done = _finished_manifest(out, run["fingerprint"])
+    done = finished_manifest(out, run["fingerprint"])
     if done is not None:
         log.info("%s is up to date; nothing to merge", out / "manifest.parquet")
         return done
@@ -241,7 +211,7 @@ def _merge_locked(out: Path, config, files: list[Path], run: dict):
               zip((np.searchsorted(offsets, ref, side="right") - 1).tolist(), ref.tolist())] if reason.any() else []
     results = [_filtered(out, rel, result, d, reason[a:b], ref_of[a:b] if ref_of else [], config, dtype)
                for (rel, result), d, a, b in zip(shards, docs, offsets[:-1], offsets[1:])]
-    manifest = _merge_and_write(out, results, dtype, run["tokenizer"], run["settings"], run["fingerprint"], config)
+    manifest = merge_and_write(out, results, dtype, run["tokenizer"], run["settings"], run["fingerprint"], config)
     for stale in (out / "neardedup").glob("band-*.npy"):
         if not stale.name.endswith(f"-{run['fingerprint']}.npy"):
             stale.unlink()
@@ -256,10 +226,6 @@ REASONS = {1: "duplicate", 2: "near_duplicate"}
 def _filtered(out: Path, rel: str, result, d, reason: np.ndarray, ref_of: list[str], config, dtype):
     """The shard with its dropped documents taken out: datasets under ``<shard>/dedup/`` (hard links
     where nothing was dropped), stats and rejects log adjusted."""
-    from data_pipeline.indexed import IndexedWriter, read_index
-    from data_pipeline.manifest import group_filename
-    from data_pipeline.prepare import ShardResult
-
     target = out / rel / "dedup"
     if target.exists():
         shutil.rmtree(target)  # an earlier merge's
@@ -322,17 +288,14 @@ def _copy_documents(src: Path, dst: Path, lengths: np.ndarray, keep: np.ndarray,
     writer.commit()
 
 
-def finish(out: Path, config, files: list[Path], tokenizer, results):
+def finish(out: Path, config: PrepareConfig, files: list[Path], tokenizer: TextTokenizer,
+           results: list[tuple[str, ShardResult]]) -> Manifest:
     """After a staged prepare: one task merges at once; one of several writes the plan and returns
     the manifest of its own shards (not written), for the summary."""
-    from data_pipeline.manifest import Manifest
-
     write_plan(out, config, files)
     if config.tasks.num_tasks == 1:  # this process holds OUT/.lock already
         settings = config.settings_fingerprint(tokenizer)
-        from data_pipeline.prepare import _run_fingerprint
-
-        run = {"settings": settings, "fingerprint": _run_fingerprint(files, settings), "tokenizer": tokenizer}
+        run = {"settings": settings, "fingerprint": run_fingerprint(files, settings), "tokenizer": tokenizer}
         return _merge_locked(out, config, files, run)
     log.info("task %d of %d done (%d files); run `python -m data_pipeline merge %s` once every task is",
              config.tasks.task_index, config.tasks.num_tasks, len(results), out)
@@ -340,30 +303,18 @@ def finish(out: Path, config, files: list[Path], tokenizer, results):
                                 tokenizer=tokenizer.name or str(tokenizer.path), vocab_size=tokenizer.vocab_size)
 
 
-def print_plan(num_tasks: int, prepare_args: list[str]) -> None:
-    """For slurm/prepare_data.sh: check ``prepare``'s arguments as the CLI would, print the files and MB
-    each task gets, then ``output: OUT`` and ``near_dedup: 0|1`` for the script."""
-    from data_pipeline.__main__ import build_parser
-    from data_pipeline.readers import expand_inputs
-
-    args = build_parser().parse_args(["prepare", *prepare_args])
-    files = expand_inputs(args.inputs)
+def print_plan(num_tasks: int, inputs: Sequence[str], output: str, near_dedup_threshold: float | None) -> None:
+    """For slurm/prepare_data.sh (``python -m data_pipeline plan``, which has checked ``prepare``'s arguments):
+    print the files and MB each task gets, then ``output: OUT`` and ``near_dedup: 0|1`` for the script.
+    ``near_dedup_threshold``: None without ``--near-dedup``."""
+    files = expand_inputs(inputs)
     split = TaskSplit(num_tasks, 0)  # validates num_tasks
+    near_dedup = near_dedup_threshold is not None
     print(f"plan: {len(files)} input files, {sum(f.stat().st_size for f in files) / 1e6:,.1f} MB, {num_tasks} prepare tasks"
-          f"{', near-dedup threshold ' + str(args.near_dedup_threshold) if args.near_dedup else ''}")
+          f"{', near-dedup threshold ' + str(near_dedup_threshold) if near_dedup else ''}")
     for t in range(split.num_tasks):
         mine = [f for i, f in enumerate(files) if i % num_tasks == t]
         names = ", ".join(f.name for f in mine[:3]) + (f", ... ({len(mine)} files)" if len(mine) > 3 else "")
         print(f"task {t}: {len(mine)} files, {sum(f.stat().st_size for f in mine) / 1e6:,.1f} MB: {names or '(none)'}")
-    print(f"output: {args.output}")
-    print(f"near_dedup: {int(args.near_dedup)}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    try:
-        print_plan(int(sys.argv[1]), sys.argv[2:])
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    print(f"output: {output}")
+    print(f"near_dedup: {int(near_dedup)}")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from qwenpt import checkpoint
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 from qwenpt.data import build_datasets, dataset_config, load_tokenizer, resolve_blend, sample_horizon
 
 FIELDS = ("tokens", "labels", "loss_mask", "position_ids")

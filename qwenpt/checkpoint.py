@@ -41,6 +41,7 @@ from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQu
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 from torch.distributed.checkpoint.api import CheckpointException
 
+from qwenpt import errors
 from qwenpt.safe_load import verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -498,3 +499,36 @@ def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
     if same_layout:
         _restore_rng(loaded["rng_state"])
     return progress
+
+
+def validate_config(c: Any, world_size: int, check_files: bool = True) -> None:
+    """The checkpoint section in the user's terms (``check_files=False``: not the paths; the HF source of
+    ``init_from_hf`` is checked against the model by :func:`qwenpt.convert.hf_io.check_init_from_hf`)."""
+    errors.check(c.save_interval >= 0, f"checkpoint.save_interval must be a number of steps, or 0 for no periodic saves "
+                                f"(the last step is saved either way), got {c.save_interval}")
+    errors.check(c.keep_last >= 0, f"checkpoint.keep_last must be a number of checkpoints, or 0 to keep all, got {c.keep_last}")
+    errors.check(
+        c.optim_sharding in ("dp_reshardable", "fully_reshardable"),
+        f"checkpoint.optim_sharding {c.optim_sharding!r} must be dp_reshardable or fully_reshardable",
+    )
+    if c.create_seed:
+        errors.check(
+            world_size == 1,
+            f"checkpoint.create_seed initialises the whole model in one process; run it without torchrun "
+            f"(world size is {world_size})",
+        )
+    if c.init_from_hf is not None:
+        errors.check(c.init_from is None, "set checkpoint.init_from or checkpoint.init_from_hf, not both")
+    # checkpoint.init_optimizer / previous_stage (a context-extension stage, qwenpt/training/extend.py)
+    if c.init_optimizer:
+        errors.check(c.init_from is not None, "checkpoint.init_optimizer=true takes the optimizer state of checkpoint.init_from; "
+                                       "set checkpoint.init_from (init_from_hf checkpoints hold no optimizer state)")
+    if c.previous_stage is not None:
+        errors.check(c.init_from is not None, "checkpoint.previous_stage is the run that writes checkpoint.init_from; set "
+                                       "checkpoint.init_from to its checkpoints directory")
+    if c.init_from is not None and c.previous_stage is None and check_files:
+        src = Path(c.init_from).expanduser()
+        errors.check(
+            (src / "metadata.json").is_file() or (src / "latest").is_file() or any(src.glob("step_*/metadata.json")),
+            f"checkpoint.init_from: {src} is neither a checkpoint (no metadata.json) nor a directory of checkpoints",
+        )

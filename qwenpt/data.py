@@ -36,8 +36,10 @@ from numpy.lib import format as npy
 from data_pipeline.indexed import check_sizes, read_header
 from data_pipeline.manifest import Manifest
 from data_pipeline.prepare import PrepareConfig, output_lock, prepare
+from data_pipeline.qwen import MODELS as QWEN_TOKENIZERS
 from data_pipeline.tokenizer import TextTokenizer
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError, check
+from qwenpt.models import hybrid
 
 log = logging.getLogger(__name__)
 
@@ -398,3 +400,86 @@ def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_
         collate_fn=collate, pin_memory=torch.cuda.is_available(),
     )
     return iter(loader)
+
+
+def validate_data(cfg: Any, check_files: bool = True) -> None:
+    """The data section against the model and the layout, in the user's terms (``check_files=False``: not
+    the datasets and the tokenizer on disk, as the planner runs away from the cluster's file systems)."""
+    d, p, m, t = cfg.data, cfg.parallel, cfg.model, cfg.train
+    check(d.seq_length > 0, f"data.seq_length must be a positive number of tokens, got {d.seq_length}")
+    horizon = d.sample_horizon
+    check(horizon is None or horizon > 0,
+          f"data.sample_horizon must be a positive number of samples or null (one pass over the data), got {horizon}")
+    check(
+        d.seq_length <= m.max_position_embeddings,
+        f"data.seq_length {d.seq_length} exceeds model.max_position_embeddings {m.max_position_embeddings}",
+    )
+    check(
+        d.seq_length % (2 * p.context_parallel_size) == 0,
+        f"data.seq_length {d.seq_length} is not divisible by 2 x parallel.context_parallel_size "
+        f"{p.context_parallel_size} (context parallelism splits each sequence into 2 x CP chunks)",
+    )
+    _validate_document_mask(d, p)
+    hybrid.validate_document_mask(m, d.document_mask, p)
+    check(
+        not (d.document_mask and m.dual_chunk_attention.chunk_size is not None),
+        "model.dual_chunk_attention evaluates whole sequences (documents attending across boundaries); "
+        "set data.document_mask=false with it",
+    )
+    if p.sequence_parallel:
+        check(
+            d.seq_length % p.tensor_model_parallel_size == 0,
+            f"data.seq_length {d.seq_length} is not divisible by parallel.tensor_model_parallel_size "
+            f"{p.tensor_model_parallel_size} (needed by sequence_parallel)",
+        )
+    check_split(d.split, evaluates=t.eval_steps > 0)
+    for i, entry in enumerate(d.blend):
+        for ext in (".bin", ".idx") if check_files else ():
+            path = Path(f"{entry.prefix}{ext}").expanduser()
+            check(
+                path.is_file(),
+                f"data.blend[{i}].prefix: {path} does not exist; build it with `python -m data_pipeline` "
+                "or fix the path",
+            )
+        check(entry.weight > 0, f"data.blend[{i}].weight must be positive, got {entry.weight}")
+        if check_files:
+            check_split_documents(f"data.blend[{i}].prefix", entry.prefix, check_dataset(entry.prefix), d.split)
+            top = max_token_id(entry.prefix, d.cache_dir)
+            check(
+                top < m.vocab_size,
+                f"data.blend[{i}].prefix: {entry.prefix} holds token id {top}, but model.vocab_size is "
+                f"{m.vocab_size}; it was tokenized with a larger vocabulary than this model's (re-tokenize "
+                "it with the model's tokenizer, or pick the model it was made for)",
+            )
+    if d.sample_weights:
+        check(not d.blend, "data.sample_weights applies to the bundled sample only; with data.blend, set the blend weights")
+        langs = sample_languages()
+        for lang, w in d.sample_weights.items():
+            check(lang in langs, f"data.sample_weights: {lang!r} is not a language of the bundled sample ({', '.join(langs)})")
+            check(w > 0, f"data.sample_weights.{lang} must be positive, got {w}; leave the language out instead")
+    if d.tokenizer is not None and str(d.tokenizer).lower() not in QWEN_TOKENIZERS and check_files:
+        tok = Path(d.tokenizer).expanduser()
+        check(
+            tok.is_file() or (tok / "tokenizer.json").is_file(),
+            f"data.tokenizer: {tok} is neither a tokenizer.json nor a directory holding one, nor one of "
+            f"{', '.join(QWEN_TOKENIZERS)}",
+        )
+
+
+def _validate_document_mask(d: Any, p: Any) -> None:
+    if d.reset_position_ids is not None:
+        check(
+            d.reset_position_ids == d.document_mask,
+            f"data.reset_position_ids={d.reset_position_ids} with data.document_mask={d.document_mask} is not supported: "
+            "megatron-core's packed-sequence RoPE restarts positions exactly where documents are masked, and without "
+            "it RoPE positions are the sequence index; leave data.reset_position_ids unset (null)",
+        )
+    if not d.document_mask:
+        return
+    check(
+        p.context_parallel_size == 1 or p.expert_model_parallel_size == 1 or p.moe_token_dispatcher_type != "allgather",
+        f"data.document_mask with parallel.context_parallel_size {p.context_parallel_size} and expert_model_parallel_size "
+        f"{p.expert_model_parallel_size} needs parallel.moe_token_dispatcher_type=alltoall: under CP each document is "
+        "padded to a multiple of 2 x CP tokens, so expert-parallel ranks hold different token counts, which the "
+        "allgather dispatcher cannot gather (or set data.document_mask=false)",
+    )

@@ -22,7 +22,13 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
 from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
+try:  # megatron-core 0.19: a tracker object in moe_logging (moe_utils' dict is then a fresh view of it)
+    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
+except ImportError:  # 0.16: moe_utils' module-level dict
+    destroy_moe_metrics_tracker = None
+
 from qwenpt import cpu_compat
+from qwenpt.errors import check
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,50 @@ class Runtime:
 
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
+    """'tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1, experts ep 2 x etp 1, alltoall', as the logs say it."""
+    p = parallel
+    text = (
+        f"tp {p.tensor_model_parallel_size}{' (sp)' if p.sequence_parallel else ''} x "
+        f"pp {p.pipeline_model_parallel_size}"
+        f"{f' (x{p.virtual_pipeline_model_parallel_size} virtual)' if p.virtual_pipeline_model_parallel_size else ''}"
+        f" x cp {p.context_parallel_size} x dp {dp}"
+    )
+    if moe:
+        etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+        text += f", experts ep {p.expert_model_parallel_size} x etp {etp}, {p.moe_token_dispatcher_type}"
+    if p.use_distributed_optimizer:
+        text += ", distributed optimizer"
+    if p.recompute_granularity:
+        text += f", {p.recompute_granularity} recompute"
+    return text
+
+
+def data_parallel_size(parallel: Any, world_size: int) -> int:
+    """Data-parallel replicas: the world over TP x PP x CP (which must divide it)."""
+    model_parallel = (
+        parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size
+    )
+    check(
+        world_size % model_parallel == 0,
+        f"world size {world_size} is not divisible by tensor x pipeline x context parallel sizes "
+        f"({parallel.tensor_model_parallel_size} x {parallel.pipeline_model_parallel_size} x "
+        f"{parallel.context_parallel_size} = {model_parallel})",
+    )
+    return world_size // model_parallel
+
+
+def check_expert_layout(parallel: Any, world_size: int) -> None:
+    """The expert layout (ETP x EP x PP) tiles the world."""
+    etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
+    expert_world = etp * parallel.expert_model_parallel_size * parallel.pipeline_model_parallel_size
+    check(
+        world_size % expert_world == 0,
+        f"world size {world_size} is not divisible by expert_tensor_parallel x expert_model_parallel x "
+        f"pipeline sizes ({expert_world})",
+    )
 
 
 def init_process_group(timeout_s: float = 1800.0) -> Runtime:
@@ -76,7 +126,10 @@ def clear_loss_trackers() -> None:
     Each is sized by the first model that writes to it; a later run in the same process (the layout
     tests' worker, a notebook) with more layers would index past the end (``IndexError`` in
     ``save_to_aux_losses_tracker``) or log the last run's numbers."""
-    get_moe_layer_wise_logging_tracker().clear()
+    if destroy_moe_metrics_tracker is not None:
+        destroy_moe_metrics_tracker()
+    else:
+        get_moe_layer_wise_logging_tracker().clear()
     MTPLossLoggingHelper.tracker.clear()
 
 

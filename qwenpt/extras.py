@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 
 
 class MissingExtra(ConfigError):

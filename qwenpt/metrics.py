@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import uuid
@@ -106,3 +107,45 @@ def read_metrics(run_dir: str | Path, kind: Optional[str] = None) -> list[dict]:
             continue
         records.append(record)
     return [r for r in records if kind is None or r["kind"] == kind]
+
+
+class StepWindow:
+    """Throughput of each step, and the running means since the last log line that make that line: loss
+    (a skipped step's left out), tokens/s, TFLOP/s per device and, on a known GPU, MFU."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, peak_tflops: Optional[float]) -> None:
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.world_size, self.peak = world_size, peak_tflops
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.time_s, self.steps, self.skips = 0.0, 0.0, 0, 0
+
+    def tflops_per_device(self, tokens_per_s: float) -> float:
+        return self.flops_per_token * tokens_per_s / self.world_size / 1e12
+
+    def add(self, loss: float, elapsed_s: float, skipped: bool) -> dict:
+        """Count one step; returns its own throughput (``tokens_per_s``, ``tflops_per_device``, ``mfu``)."""
+        self.time_s, self.steps = self.time_s + elapsed_s, self.steps + 1
+        if skipped:
+            self.skips += 1
+        else:
+            self.loss += loss
+        tps = self.tokens_per_step / elapsed_s
+        tflops = self.tflops_per_device(tps)
+        return {"tokens_per_s": tps, "tflops_per_device": tflops, "mfu": tflops / self.peak if self.peak else None}
+
+    def line(self, step: int, steps: int, lr: float, grad_norm: float, mtp_loss: Optional[list] = None) -> str:
+        """The log line of the steps since the last one (then a new window starts)."""
+        mean_tps = self.tokens_per_step * self.steps / self.time_s
+        mean_loss = self.loss / (self.steps - self.skips) if self.steps > self.skips else math.nan
+        mean_tflops = self.tflops_per_device(mean_tps)
+        text = (
+            f"step {step:>6}/{steps} | loss {mean_loss:.4f} | lr {lr:.3e} | "
+            f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
+            + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
+            + (f" | MTP loss {' '.join(f'{x:.4f}' for x in mtp_loss)}" if mtp_loss is not None else "")
+            + (f" | {self.skips} skipped" if self.skips else "")
+        )
+        self._reset()
+        return text

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 
 _CHECKPOINT_MODULES = (
     "torch.distributed.checkpoint.metadata",

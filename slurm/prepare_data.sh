@@ -28,7 +28,7 @@ read -r -a extra <<< "${SBATCH_EXTRA:-}"
 common=(--parsable --cpus-per-task="$cpus" --mem="${PREP_MEM:-32G}" --time="${PREP_TIME:-24:00:00}" "${extra[@]}")
 
 # the plan: validates the arguments, prints files and MB per task, ends with "output: ..." and "near_dedup: 0|1"
-plan=$(python -m data_pipeline.tasks "$tasks" "$@")
+plan=$(python -m data_pipeline plan "$tasks" "$@")
 echo "$plan" | grep -v -e '^output: ' -e '^near_dedup: '
 out=$(sed -n 's/^output: //p' <<< "$plan")
 near=$(sed -n 's/^near_dedup: //p' <<< "$plan")

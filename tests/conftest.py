@@ -34,7 +34,7 @@ def hf_model(m: ModelConfig, seed: int = 0):
     """A random transformers model with the architecture of model config ``m`` (fp32, eval)."""
     import transformers
 
-    from qwenpt.convert import qwen2, qwen3_next
+    from qwenpt.convert.layouts import qwen2, qwen3_next
     from qwenpt.models import hybrid
 
     # Qwen v1: the equivalent Qwen2 model (tests/test_convert.py writes its v1 checkpoint by hand)

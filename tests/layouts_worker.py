@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from qwenpt.config import register
-from qwenpt.training import run
+from qwenpt.training.loop import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, run_train
-from qwenpt.config import ConfigError, register, validate
+from qwenpt.config import ConfigError, register
+from qwenpt.validation import validate
 
 register()
 

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, model_config
 from qwenpt import eval_positions
-from qwenpt.config import ConfigError, DualChunkConfig, ParallelConfig, register, validate
+from qwenpt.config import ConfigError, DualChunkConfig, ParallelConfig, register
+from qwenpt.validation import validate
 from qwenpt.models import dca
 
 

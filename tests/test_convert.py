@@ -215,7 +215,8 @@ def test_train_from_hf_at_tp2_then_reshard_to_tp1_and_pp2(converted, tmp_path):
 def test_init_from_hf_refuses_weights_of_another_architecture(converted):
     from hydra import compose, initialize_config_dir
 
-    from qwenpt.config import register, validate
+    from qwenpt.config import register
+    from qwenpt.validation import validate
 
     _, hf_dir, _, _ = converted["dense_gqa"]
     register()

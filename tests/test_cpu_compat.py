@@ -64,3 +64,22 @@ def test_rng_tracker_forks_the_cpu_generator():
     g = torch.Generator().manual_seed(7 + 2718)
     assert torch.equal(first, torch.rand(3, generator=g)) and torch.equal(second, torch.rand(3, generator=g))
     assert torch.equal(outside, torch.rand(3, generator=torch.Generator().manual_seed(7)))
+
+
+def test_a_new_run_in_the_same_process_starts_with_empty_loss_trackers():
+    """megatron-core sizes its MoE aux-loss tracker by the first model's layer count: without the reset a
+    second, deeper model in one process (the layouts worker) indexes past it."""
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker, save_to_aux_losses_tracker
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+    from qwenpt.distributed import clear_loss_trackers
+
+    save_to_aux_losses_tracker("load_balancing_loss", torch.tensor(1.0), layer_number=2, num_layers=2)
+    MTPLossLoggingHelper.tracker["values"] = torch.ones(1)
+    with pytest.raises(IndexError):
+        save_to_aux_losses_tracker("load_balancing_loss", torch.tensor(1.0), layer_number=5, num_layers=5)
+    clear_loss_trackers()
+    assert MTPLossLoggingHelper.tracker == {}
+    save_to_aux_losses_tracker("load_balancing_loss", torch.tensor(3.0), layer_number=5, num_layers=5)
+    assert get_moe_layer_wise_logging_tracker()["load_balancing_loss"]["values"].tolist() == [0, 0, 0, 0, 3.0]
+    clear_loss_trackers()

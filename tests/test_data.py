@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from data_pipeline.indexed import token_dtype, write_indexed_dataset
+from data_pipeline.indexed import write_indexed_dataset
 from data_pipeline.tokenizer import TextTokenizer
 from qwenpt.data import BUNDLED_TOKENIZER, SAMPLE_DIR, PretrainingSampler, prepare_sample
 
@@ -163,7 +163,8 @@ def test_a_truncated_index_cache_file_is_removed_and_rebuilt(tmp_path, tokenizer
 def test_data_split_is_checked_before_anything_is_built():
     from test_config import compose_cfg
 
-    from qwenpt.config import ConfigError, validate
+    from qwenpt.config import ConfigError
+    from qwenpt.validation import validate
 
     form = "three non-negative numbers TRAIN,VALID,TEST"
     for split, message in [("abc", form), ("95,5", form), ("95,5,0,0", form), ("-5,1,0", form), ("1e-3,1,0", form),
@@ -208,7 +209,8 @@ def test_split_documents_are_megatron_cores_own(monkeypatch):
 def test_a_truncated_bin_or_idx_is_refused_naming_the_file_and_both_sizes(tmp_path):
     from test_config import compose_cfg
 
-    from qwenpt.config import ConfigError, validate
+    from qwenpt.config import ConfigError
+    from qwenpt.validation import validate
 
     prefix = tmp_path / "en"
     write_indexed_dataset(prefix, [[5] * 40 for _ in range(30)], vocab_size=1000)  # 30 x 40 uint16 tokens

@@ -157,7 +157,8 @@ def test_a_checkpoint_from_before_the_horizon_keeps_the_index_its_run_read(tmp_p
 def test_cpu_threads_is_a_validated_setting(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from qwenpt.config import ConfigError, register, validate
+    from qwenpt.config import ConfigError, register
+    from qwenpt.validation import validate
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):

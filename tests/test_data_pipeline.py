@@ -403,7 +403,8 @@ def test_mixture_weights_match_hand_computed():
 def test_mix_writes_a_data_config_train_py_reads(tmp_path):
     from test_config import compose_cfg
 
-    from qwenpt.config import ConfigError, validate
+    from qwenpt.config import ConfigError
+    from qwenpt.validation import validate
     from qwenpt.data import dataset_config, load_tokenizer, resolve_blend
 
     src = tmp_path / "src"

@@ -116,7 +116,7 @@ def test_packed_documents_through_the_model_equal_each_document_alone(megatron_w
 
 
 def test_refusals_name_the_field_and_the_fix(monkeypatch):
-    from qwenpt.config import validate_model
+    from qwenpt.models.checks import validate_model
 
     m = model_config("tiny_qwen3_5")
     with pytest.raises(ConfigError, match="linear_num_value_heads 5 must be a multiple of model.linear_num_key_heads 2"):
@@ -156,7 +156,7 @@ ARCHITECTURES = {"qwen3_5": "Qwen3_5ForCausalLM", "qwen3_5_moe": "Qwen3_5MoeForC
 def _add_mtp(hf_dir, m, seed: int) -> dict:
     """The MTP tensors a released checkpoint carries (transformers neither builds nor saves them), random."""
     from qwenpt import distributed
-    from qwenpt.convert import qwen3_next
+    from qwenpt.convert.layouts import qwen3_next
     from qwenpt.models import build_model
 
     distributed.initialize(ParallelConfig(), seed=0)

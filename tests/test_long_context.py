@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, hf_model, model_config
 from packing_worker import alone, batch, packed_and_alone
-from qwenpt.config import ConfigError, ParallelConfig, RopeScalingConfig, register, validate
+from qwenpt.config import ConfigError, ParallelConfig, RopeScalingConfig, register
+from qwenpt.validation import validate
 
 # trained at 32 positions, run at 96: YaRN's interpolated frequencies and attention factor both matter
 YARN = {

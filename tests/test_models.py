@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT, hf_model, model_config
 from qwenpt.config import ParallelConfig
-from qwenpt.convert.qwen2 import hf_to_megatron, load_into, megatron_to_hf
+from qwenpt.convert.layouts.qwen2 import hf_to_megatron, load_into, megatron_to_hf
 from qwenpt.flops import forward_flops_per_token
 from qwenpt.packing import packed_seq_params
 from qwenpt.models import build_model, param_counts
@@ -86,7 +86,7 @@ def test_logits_match_transformers(name, overrides, megatron_world):
 def test_mapping_round_trip_is_exact(name):
     m = model_config(name)
     state = hf_model(m).state_dict()
-    from qwenpt.convert.qwen2 import unfuse_experts
+    from qwenpt.convert.layouts.qwen2 import unfuse_experts
 
     state = unfuse_experts(state)
     back = megatron_to_hf(hf_to_megatron(state, m), m)

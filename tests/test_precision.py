@@ -10,7 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, run_train
-from qwenpt.config import ConfigError, register, validate
+from qwenpt.config import ConfigError, register
+from qwenpt.validation import validate
 from qwenpt.metrics import read_metrics
 
 # 12 steps of 8 x 256 tokens; checkpoints at 6 and 12 (both kept) for the resume test

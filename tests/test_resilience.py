@@ -16,7 +16,8 @@ import pytest
 
 from conftest import ROOT, run_train
 from qwenpt import checkpoint
-from qwenpt.config import ConfigError, validate
+from qwenpt.config import ConfigError
+from qwenpt.validation import validate
 from qwenpt.metrics import read_metrics
 from test_config import compose_cfg
 

@@ -168,7 +168,8 @@ def test_prepare_with_qwen2_writes_hf_ids_and_keeps_special_tokens_as_text(tmp_p
 def test_data_config_names_a_qwen_tokenizer_and_real_vocabularies_default_to_qwen2():
     from test_config import compose_cfg
 
-    from qwenpt.config import ConfigError, validate
+    from qwenpt.config import ConfigError
+    from qwenpt.validation import validate
     from qwenpt.data import load_tokenizer
 
     cfg = compose_cfg("model=qwen2_0.5b", "data.tokenizer=qwen2.5")

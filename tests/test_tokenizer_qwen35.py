@@ -259,7 +259,7 @@ def test_training_names_qwen35_and_its_vocabulary_defaults_to_it(q35, monkeypatc
     from test_config import compose_cfg
 
     from qwenpt import data
-    from qwenpt.config import validate
+    from qwenpt.validation import validate
 
     monkeypatch.setattr(data, "TextTokenizer", lambda name: name)  # which tokenizer (loading it: tests above)
     cfg = compose_cfg("data.tokenizer=qwen3.5", "model.vocab_size=248320")

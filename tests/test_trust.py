@@ -21,7 +21,8 @@ import torch
 
 from conftest import ROOT, run_train
 from qwenpt import checkpoint
-from qwenpt.config import ConfigError, validate
+from qwenpt.config import ConfigError
+from qwenpt.validation import validate
 from qwenpt.metrics import read_metrics
 from test_config import compose_cfg
 

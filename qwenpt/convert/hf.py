@@ -4,26 +4,30 @@
 time into megatron-core's layout at TP=PP=EP=1 and writes a dist checkpoint; dist_checkpointing
 then loads it at any TP/PP/VPP/EP layout (``train.py checkpoint.init_from=...``), so no process per
 rank and no GPU is needed. ``export_hf`` is the inverse, writing sharded safetensors, an index and
-config.json. Peak memory is the model once in the chosen dtype plus one layer (see README).
+config.json. Peak memory is the model once in the chosen dtype plus one layer (see docs/models.md#hugging-face-checkpoints).
+What differs between Hugging Face layouts (names, fused tensors, config.json) is each layout's module in
+:mod:`qwenpt.convert.layouts`; this module only calls the model's :class:`~qwenpt.convert.layouts.base.Layout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import yaml
 from omegaconf import OmegaConf
 
 from qwenpt import checkpoint, distributed
-from qwenpt.config import ConfigError, ModelConfig, ParallelConfig, validate_model
-from qwenpt.convert import qwen1, qwen2, qwen3_next
+from qwenpt.config import ConfigError, ModelConfig, ParallelConfig
+from qwenpt.models.checks import validate_model
+from qwenpt.convert import layouts
 from qwenpt.convert.hf_io import (
     ShardedSafetensorsWriter,
     SafetensorsReader,
@@ -36,66 +40,21 @@ from qwenpt.convert.stream import save_on_demand
 from qwenpt.extras import require
 from qwenpt.models.size import format_count
 from qwenpt.models import build_model, rope
-from qwenpt.models.registry import FAMILIES, hf_architecture
 
 log = logging.getLogger("qwenpt.convert")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VISION_PREFIXES = ("model.visual.",)  # the released Qwen3.5/3.6 checkpoints' vision tower, left alone
-
-
-def _layout(m: Any) -> str:
-    return FAMILIES[m.family].hf_layout
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # buffers some checkpoints (Qwen v1's) carry; recomputed
 
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _hybrid(m: Any) -> bool:
-    return _layout(m) in ("qwen3_next", "qwen3_5")
-
-
-def _groups(m: Any) -> list:
-    if _hybrid(m):
-        return qwen3_next.groups(m)
-    return ["outer", *range(m.num_layers)]
-
-
-def _read_group(get: Callable[[str], torch.Tensor], m: Any, group: Any, root: str = "model.") -> dict[str, torch.Tensor]:
-    """One group's tensors, in the Qwen2 layout's names (the hybrids: their own), from a checkpoint in the
-    model's layout (``root``: where a hybrid checkpoint keeps its language model)."""
-    if _hybrid(m):
-        return {k: get(k) for k in qwen3_next.hf_keys(m, group, root)}
-    if _layout(m) == "qwen":
-        if group == "outer":
-            return qwen1.outer_to_qwen2({k: get(k) for k in qwen1.outer_keys(m)}, m)
-        return qwen1.layer_to_qwen2({k: get(k) for k in qwen1.layer_keys(m, group)}, m, group)
-    keys = qwen2.outer_hf_keys(m) if group == "outer" else qwen2.layer_hf_keys(m, group)
-    return {k: get(k) for k in keys}
-
-
-def _to_megatron(hf: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
-    if _hybrid(m):
-        return qwen3_next.to_megatron(hf, m, group)
-    return qwen2.outer_to_megatron(hf, m) if group == "outer" else qwen2.layer_to_megatron(hf, m, group)
-
-
-def _to_hf(meg: dict[str, torch.Tensor], m: Any, group: Any) -> dict[str, torch.Tensor]:
-    """One group in the model's own HF layout (Qwen2 names, Qwen v1's, or a hybrid's)."""
-    if _hybrid(m):
-        return qwen3_next.to_hf(meg, m, group)
-    q2 = qwen2.outer_to_hf(meg, m) if group == "outer" else qwen2.layer_to_hf(meg, m, group)
-    if _layout(m) == "qwen":
-        return qwen1.outer_from_qwen2(q2, m) if group == "outer" else qwen1.layer_from_qwen2(q2, m, group)
-    return q2
-
-
 def hf_config_for(m: Any, dtype: torch.dtype) -> dict:
-    if _hybrid(m):
-        cfg = qwen3_next.hf_config(m)
-    else:
-        cfg = qwen1.hf_config(m) if _layout(m) == "qwen" else qwen2.hf_config(m)
+    """config.json of model config ``m`` in its layout, weights in ``dtype``."""
+    cfg = layouts.for_model(m).hf_config(m)
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     return cfg
 
@@ -161,16 +120,14 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
     reader = SafetensorsReader(hf_dir)
-    root = qwen3_next.hf_root(reader.keys()) if _hybrid(m) else "model."
-    if _hybrid(m) and not m.mtp_num_layers and "mtp.fc.weight" in reader.keys():  # config.json did not say
-        m = dataclasses.replace(m, mtp_num_layers=len({k.split(".")[2] for k in reader.keys() if k.startswith("mtp.layers.")}))
+    layout = layouts.for_model(m)
+    root = layout.hf_root(reader.keys())
+    m = layout.complete(m, reader.keys())
     model = _world_of_one(m, DTYPES[dtype], device="meta")
     meta = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     expected: dict[str, tuple] = {}  # checkpoint tensor -> the shape config.json's architecture needs
-    for group in _groups(m):
-        names = qwen3_next.hf_keys(m, group, root) if _hybrid(m) else None
-        converted = _to_hf(meta, m, group)  # names under "model."; a multimodal checkpoint's under root
-        expected.update({(names[i] if names else k): tuple(t.shape) for i, (k, t) in enumerate(converted.items())})
+    for group in layout.groups(m):
+        expected.update({k: tuple(t.shape) for k, t in layout.to_hf(meta, m, group, root).items()})
     # refuse a checkpoint that does not fit before writing anything
     unknown = reader.keys() - set(expected)
     vision = {k for k in unknown if k.startswith(VISION_PREFIXES)}
@@ -179,7 +136,7 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
         unknown -= vision
     if m.tie_embeddings:  # some tied checkpoints carry the tied copy too
         unknown.discard("lm_head.weight")
-    unknown = {k for k in unknown if not k.endswith(qwen1.IGNORED_SUFFIXES)}
+    unknown = {k for k in unknown if not k.endswith(IGNORED_SUFFIXES)}
     if unknown:
         raise ConfigError(f"{hf_dir}: {len(unknown)} tensors this model has no place for (nothing was written): "
                           f"{', '.join(sorted(unknown)[:20])}")
@@ -194,7 +151,7 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
     last: dict[str, torch.Tensor] = {}
     non_finite: dict[str, int] = {}  # tensor -> its NaN/Inf count, for those that hold any
 
-    def get_raw(key: str) -> torch.Tensor:  # keeps the last one: Qwen v1's c_attn serves q, k and v
+    def get(key: str) -> torch.Tensor:  # keeps the last one: Qwen v1's c_attn serves q, k and v
         if key not in last:
             last.clear()
             last[key] = reader.get(key)
@@ -202,19 +159,8 @@ def _import_into(hf_dir: Path, out: Path, name: Optional[str], family: Optional[
                 non_finite[key] = n
         return last[key]
 
-    if _layout(m) == "qwen":
-        def get(key: str) -> torch.Tensor:
-            return qwen1.qwen2_tensor(key, get_raw, m)
-    else:
-        get = get_raw
     run_config = OmegaConf.to_yaml({"model": dataclasses.asdict(m), "convert": {"from": str(hf_dir), "dtype": dtype}})
-    if _hybrid(m):
-        def param(name: str) -> torch.Tensor:
-            return qwen3_next.megatron_param(name, get, m, root)
-    else:
-        def param(name: str) -> torch.Tensor:
-            return qwen2.megatron_param(name, get, m)
-    save_on_demand(model, out, param, DTYPES[dtype], run_config)
+    save_on_demand(model, out, layout.megatron_params(m, get, root), DTYPES[dtype], run_config)
     if non_finite:
         named = ", ".join(f"{k} ({n})" for k, n in sorted(non_finite.items())[:5])
         raise ConfigError(f"{hf_dir}: {sum(non_finite.values())} non-finite values (NaN or Inf) in {len(non_finite)} "
@@ -241,11 +187,12 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Pa
     model = _world_of_one(m, DTYPES[dtype])  # loading casts the stored weights to it
     checkpoint.load_model(ckpt, [model])
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    layout = layouts.for_model(m)
     with replacing(out, "hf_export", inputs={"--ckpt": source}, overwrite=overwrite,
                    record={"from": str(ckpt.resolve())}) as tmp:
         writer = ShardedSafetensorsWriter(tmp, int(max_shard_gib * 1024**3))
-        for group in _groups(m):
-            writer.add(_to_hf(state, m, group))
+        for group in layout.groups(m):
+            writer.add(layout.to_hf(state, m, group, "model."))
         files = writer.close()
         (tmp / "config.json").write_text(json.dumps(hf_config_for(m, DTYPES[dtype]), indent=2) + "\n")
         copied = copy_tokenizer(tokenizer, tmp) if tokenizer else []
@@ -262,25 +209,11 @@ def _require_transformers() -> Any:
 
 
 def hf_reference_model(hf_dir: str | Path, m: ModelConfig) -> torch.nn.Module:
-    """The transformers model of ``hf_dir`` in fp32 (Qwen v1, whose code is remote, as the equivalent
-    Qwen2 model built from its converted tensors)."""
+    """The transformers model of ``hf_dir`` in fp32, as its layout builds it (Qwen v1, whose code is remote:
+    the equivalent Qwen2 model built from its converted tensors)."""
     transformers = _require_transformers()
-
-    if _hybrid(m) and not hasattr(transformers, hf_architecture(m)):
-        raise ConfigError(f"verifying a {m.family} model needs transformers' {hf_architecture(m)} (transformers >= 5.2; "
-                          f"installed {transformers.__version__}): pip install -U 'transformers>=5.2'")
-    if _layout(m) != "qwen":
-        return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    fields = {k: v for k, v in qwen2.hf_config(m).items() if k not in ("architectures", "model_type")}
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields)).eval()
-    reader = SafetensorsReader(hf_dir)
-    state = {}
-    for group in _groups(m):
-        state.update(_read_group(reader.get, m, group))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not m.tie_embeddings)
-    if m.tie_embeddings:
-        model.tie_weights()
-    return model
+    reader = functools.cache(lambda: SafetensorsReader(hf_dir))  # opened only by a layout that reads tensors
+    return layouts.for_model(m).reference_model(transformers, Path(hf_dir), m, lambda key: reader().get(key))
 
 
 def megatron_logits(model: list, tokens: torch.Tensor) -> Optional[torch.Tensor]:

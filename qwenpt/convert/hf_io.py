@@ -11,18 +11,17 @@ from typing import Any, Optional
 
 import torch
 
-from qwenpt.config import ConfigError, ModelConfig
-from qwenpt.convert import qwen3_next
+from qwenpt.config import ModelConfig
+from qwenpt.errors import ConfigError, check
+from qwenpt.convert import layouts
+from qwenpt.convert.layouts.base import Fields
 from qwenpt.extras import require
-from qwenpt.models import rope
+from qwenpt.models.size import head_dim
 
 # the base install lacks safetensors: converting says which extra to install (exit 2), no traceback
 _FEATURE = "reading and writing Hugging Face checkpoints (python -m qwenpt.convert, checkpoint.init_from_hf)"
 safe_open = require("safetensors", "hf", _FEATURE).safe_open
 save_file = require("safetensors.torch", "hf", _FEATURE).save_file
-
-# model_type of the hybrid generation's config.json (text models, and the released multimodal checkpoints)
-HYBRID_MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_moe")
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -49,92 +48,15 @@ def _open_safetensors(path: Path) -> Any:
                           "download or copy it again") from None
 
 
-def _rope_theta(cfg: dict, default: float) -> float:
-    """Hub configs say rope_theta (v1: rotary_emb_base); transformers 5 writes rope_parameters."""
-    params = cfg.get("rope_parameters") or {}
-    for value in (params.get("rope_theta"), cfg.get("rope_theta"), cfg.get("rotary_emb_base")):
-        if value is not None:
-            return float(value)
-    return default
-
-
-class _Fields(dict):
-    """config.json's fields; a missing one is a ConfigError naming the file and the key."""
-
-    source: str = "config.json"
-
-    def __missing__(self, key: str) -> Any:
-        raise ConfigError(f"{self.source}: no {key!r}, which a {self.get('model_type', 'Qwen')} config needs; "
-                          "is it a complete Hugging Face config.json?")
-
-
 def model_config_from_hf(cfg: dict, name: str, family: Optional[str] = None,
                          source: str = "config.json") -> ModelConfig:
-    """The qwenpt model config of a Hugging Face Qwen config.json (Hub or transformers 5 form);
-    ``source`` names the file in errors."""
-    cfg = _Fields(cfg)
-    cfg.source = source
-    arch = (cfg.get("architectures") or [""])[0]
-    mtype = cfg.get("model_type", "")
-    if mtype == "qwen" or arch == "QWenLMHeadModel":
-        heads = cfg["num_attention_heads"]
-        return ModelConfig(
-            name=name, family=family or "qwen", num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
-            ffn_hidden_size=cfg["intermediate_size"] // 2,  # v1 lists twice the SwiGLU width
-            num_attention_heads=heads, num_query_groups=heads, vocab_size=cfg["vocab_size"],
-            max_position_embeddings=cfg.get("max_position_embeddings") or cfg.get("seq_length", 8192),
-            rope_theta=_rope_theta(cfg, 10000.0), norm_eps=cfg.get("layer_norm_epsilon", 1e-6),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=True,
-        )
-    if mtype in HYBRID_MODEL_TYPES:
-        text = cfg
-        if mtype in ("qwen3_5", "qwen3_5_moe"):  # Qwen3_5(Moe)ForConditionalGeneration: the language model's config
-            text = _Fields({**cfg["text_config"], **({"tie_word_embeddings": cfg["tie_word_embeddings"]}
-                                                     if "tie_word_embeddings" in cfg else {})})
-            text.source = f"{source} (text_config)"
-        fields = qwen3_next.model_fields(text, mtype, source)
-        if family is not None:
-            fields["family"] = family
-        return ModelConfig(name=name, **fields)
-    if mtype not in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"):
-        raise ConfigError(
-            f"{source}: model_type {mtype!r} ({arch}) is not a Qwen layout this converter knows "
-            "(qwen: QWenLMHeadModel; qwen2: Qwen2ForCausalLM; qwen2_moe: Qwen2MoeForCausalLM; "
-            "qwen3: Qwen3ForCausalLM; qwen3_moe: Qwen3MoeForCausalLM; qwen3_next: Qwen3NextForCausalLM; "
-            "qwen3_5_text / qwen3_5_moe_text: Qwen3_5(Moe)ForCausalLM; qwen3_5 / qwen3_5_moe: the released "
-            "Qwen3.5/3.6 Qwen3_5(Moe)ForConditionalGeneration)"
-        )
-    qwen3 = mtype.startswith("qwen3")
-    fields = dict(
-        name=name, family=family or ("qwen3" if qwen3 else "qwen2"), num_layers=cfg["num_hidden_layers"],
-        hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["intermediate_size"],
-        num_attention_heads=cfg["num_attention_heads"],
-        num_query_groups=cfg.get("num_key_value_heads") or cfg["num_attention_heads"], vocab_size=cfg["vocab_size"],
-        max_position_embeddings=cfg.get("max_position_embeddings", 32768), rope_theta=_rope_theta(cfg, 1e6),
-        norm_eps=cfg.get("rms_norm_eps", 1e-6), tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=True, rope_scaling=rope.from_hf(cfg, source),
-    )
-    if qwen3:
-        if cfg.get("attention_bias", False):
-            raise ConfigError(f"{source}: Qwen3 with attention_bias=true (a bias on q/k/v and o_proj) is not supported; "
-                              "every public Qwen3 has attention_bias false")
-        fields.update(qkv_bias=False, qk_layernorm=True, kv_channels=cfg.get("head_dim") or None)
-    if mtype.endswith("_moe"):
-        if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-            raise ConfigError(f"{source}: an MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) "
-                              "is not supported; every public Qwen MoE has MoE in every layer")
-        # transformers 5 writes Qwen3-MoE's num_experts as num_local_experts
-        experts = next((k for k in ("num_experts", "num_local_experts") if k in cfg), "num_experts")
-        fields.update(
-            num_experts=cfg[experts], moe_ffn_hidden_size=cfg["moe_intermediate_size"],
-            moe_router_topk=cfg["num_experts_per_tok"],
-            moe_shared_expert_ffn_hidden_size=cfg.get("shared_expert_intermediate_size") or None,
-            moe_norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
-            moe_aux_loss_coeff=float(cfg.get("router_aux_loss_coef", 0.001)),
-            # Qwen3-MoE balances expert load over the global batch (Qwen3 technical report, section 2)
-            moe_load_balancing="global_aux_loss" if qwen3 else "aux_loss",
-        )
-    return ModelConfig(**fields)
+    """The qwenpt model config of a Hugging Face Qwen config.json (Hub or transformers 5 form), read by
+    its layout's module (``family``: instead of the one config.json implies); ``source`` names the file in errors."""
+    cfg = Fields(cfg, source)
+    fields = layouts.for_hf_config(cfg, source).model_fields(cfg, cfg.get("model_type", ""), source)
+    if family:
+        fields["family"] = family
+    return ModelConfig(name=name, **fields)
 
 
 class SafetensorsReader:
@@ -234,3 +156,19 @@ def copy_tokenizer(src: str | Path, out: str | Path) -> list[str]:
     if not copied:
         raise ConfigError(f"--tokenizer {src}: no tokenizer files found ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     return copied
+
+
+def check_init_from_hf(hf_dir: str | Path, model: Any) -> None:
+    """checkpoint.init_from_hf holds the architecture of ``model`` (its config.json against the model config)."""
+    hf = model_config_from_hf(read_hf_config(hf_dir), model.name, model.family, source=str(Path(hf_dir) / "config.json"))
+    differ = [
+        f"{k} {getattr(model, k)} vs {getattr(hf, k)}"
+        for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                  "vocab_size", "tie_embeddings", "qkv_bias", "qk_layernorm", "num_experts",
+                  "moe_ffn_hidden_size", "moe_router_topk", "moe_shared_expert_ffn_hidden_size")
+        if getattr(model, k) != getattr(hf, k)
+    ]
+    if head_dim(model) != head_dim(hf):
+        differ.append(f"head width (kv_channels) {head_dim(model)} vs {head_dim(hf)}")
+    check(not differ, f"checkpoint.init_from_hf: {hf_dir} is not model={model.name} "
+                      f"(model vs its config.json: {'; '.join(differ)}); pick the matching model config")

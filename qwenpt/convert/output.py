@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import yaml
 
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 
 MARKER = "qwenpt_output.json"
 KINDS = {"hf_import": "import", "hf_export": "export"}  # kind -> the convert command that writes it

@@ -212,3 +212,12 @@ class SDPAttention(MegatronModule):
                 )
             )
         return torch.cat(outs, dim=2)
+
+
+def attach_dual_chunk(chunk: torch.nn.Module, m: Any) -> None:
+    """Give every core attention of a GPTModel chunk the DCA settings and the model's RoPE frequencies."""
+    chunk_size, local_size = dca.sizes(m)
+    inv_freq = chunk.rotary_pos_emb.inv_freq.detach().float().cpu()
+    for module in chunk.modules():
+        if isinstance(module, SDPAttention):
+            module.dual_chunk = dca.DualChunk(int(chunk_size), int(local_size), inv_freq)

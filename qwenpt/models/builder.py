@@ -19,7 +19,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from qwenpt.models.attention import SDPAttention
+from qwenpt.models.attention import SDPAttention, attach_dual_chunk
 from qwenpt.models import dca, hybrid, packed_rope, rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
@@ -79,7 +79,7 @@ def transformer_config(
     fp8_recipe: str = "delayed",
 ) -> TransformerConfig:
     """The megatron-core config for a Qwen model under a parallel layout (``fp8``: TE's FP8 format,
-    hybrid or e4m3, validated by :func:`qwenpt.config.validate_fp8`)."""
+    hybrid or e4m3, validated by :func:`qwenpt.models.checks.validate_fp8`)."""
     on_gpu = torch.cuda.is_available()
     moe = model.num_experts is not None
     yarn = rope.rope_scaling(model) is not None
@@ -228,7 +228,7 @@ def build_model(
             )
         )
         if dca.enabled(model):  # evaluation-time Dual Chunk Attention with the model's own RoPE frequencies
-            dca.attach(chunks[-1], model)
+            attach_dual_chunk(chunks[-1], model)
         if torch.cuda.is_available():  # megatron-core's layers are built there; ours (norms, buffers) follow,
             chunks[-1].cuda(torch.cuda.current_device())  # as Megatron-LM's get_model moves them
     return chunks

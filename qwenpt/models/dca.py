@@ -31,6 +31,8 @@ from typing import Any, Optional
 
 import torch
 
+from qwenpt.errors import ConfigError
+
 
 @dataclass
 class DualChunk:
@@ -43,7 +45,7 @@ class DualChunk:
         return self.chunk_size - self.local_size
 
 
-def _sizes(m: Any) -> tuple[Optional[int], Optional[int]]:
+def sizes(m: Any) -> tuple[Optional[int], Optional[int]]:
     """(chunk_size, local_size) of a model config (dataclass, DictConfig or a plain dict's section)."""
     dc = getattr(m, "dual_chunk_attention", None)
     if dc is None:
@@ -53,14 +55,12 @@ def _sizes(m: Any) -> tuple[Optional[int], Optional[int]]:
 
 
 def enabled(m: Any) -> bool:
-    return _sizes(m)[0] is not None
+    return sizes(m)[0] is not None
 
 
 def validate(m: Any) -> None:
-    """model.dual_chunk_attention in the user's terms (from :func:`qwenpt.config.validate_model`)."""
-    from qwenpt.config import ConfigError
-
-    cs, ls = _sizes(m)
+    """model.dual_chunk_attention in the user's terms (from :func:`qwenpt.models.checks.validate_model`)."""
+    cs, ls = sizes(m)
     if cs is None and ls is None:
         return
     if cs is None or ls is None:
@@ -69,22 +69,6 @@ def validate(m: Any) -> None:
     if not 0 < ls < cs:
         raise ConfigError(f"model.dual_chunk_attention: need 0 < local_size < chunk_size, got local_size {ls} and "
                           f"chunk_size {cs}")
-    from qwenpt.models.builder import use_transformer_engine
-
-    if use_transformer_engine():
-        raise ConfigError("model.dual_chunk_attention runs in qwenpt's SDPA attention, not Transformer Engine's; "
-                          "evaluate on a machine without TE (or set model.dual_chunk_attention.chunk_size=null)")
-
-
-def attach(chunk: torch.nn.Module, m: Any) -> None:
-    """Give every core attention of a GPTModel chunk the DCA settings and the model's RoPE frequencies."""
-    from qwenpt.models.attention import SDPAttention
-
-    chunk_size, local_size = _sizes(m)
-    inv_freq = chunk.rotary_pos_emb.inv_freq.detach().float().cpu()
-    for module in chunk.modules():
-        if isinstance(module, SDPAttention):
-            module.dual_chunk = DualChunk(int(chunk_size), int(local_size), inv_freq)
 
 
 def positions(seq_len: int, chunk_size: int, local_size: int) -> dict[str, torch.Tensor]:

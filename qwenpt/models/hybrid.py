@@ -21,7 +21,9 @@ carried between chunks) and restart the recurrent state and the convolution at e
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+import inspect
 from typing import Any, Optional
 
 import megatron.core
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from packaging.version import Version
 
-from qwenpt.errors import ConfigError
+from qwenpt.errors import ConfigError, check
 from qwenpt.models.size import is_hybrid as enabled, is_linear_layer
 
 # megatron-core's GDN module: one file in 0.16, a package (common + gdn) from 0.18
@@ -44,32 +46,36 @@ def layer_types(m: Any) -> list[str]:
     return ["linear_attention" if is_linear_layer(m, i) else "full_attention" for i in range(m.num_layers)]
 
 
+@functools.lru_cache(maxsize=None)
+def mtp_decoder_layer_name() -> str:
+    """Where megatron-core's MultiTokenPredictionLayer keeps its decoder layer (its checkpoint names):
+    ``transformer_layer`` in 0.16, ``mtp_model_layer`` in 0.19 — read from its source, no model built."""
+    from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionLayer
+
+    return "mtp_model_layer" if "self.mtp_model_layer" in inspect.getsource(MultiTokenPredictionLayer) else "transformer_layer"
+
+
 def megatron_packs_gdn() -> bool:
     """Whether the installed megatron-core's GDN takes packed sequences and context parallelism."""
     return Version(megatron.core.__version__) >= Version(PACKED_GDN_VERSION)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 def validate(m: Any, parallel: Any = None) -> None:
     """The hybrid fields, and what megatron-core and this machine can run of them."""
-    _check(m.mtp_num_layers >= 0, f"model.mtp_num_layers must be 0 or more, got {m.mtp_num_layers}")
-    _check(0.0 < m.rotary_percent <= 1.0, f"model.rotary_percent must be in (0, 1], got {m.rotary_percent}")
+    check(m.mtp_num_layers >= 0, f"model.mtp_num_layers must be 0 or more, got {m.mtp_num_layers}")
+    check(0.0 < m.rotary_percent <= 1.0, f"model.rotary_percent must be in (0, 1], got {m.rotary_percent}")
     if not enabled(m):
         if parallel is not None:
             _check_mtp_layout(m, parallel)
         return
     interval = m.full_attention_interval
-    _check(interval >= 1, f"model.full_attention_interval must be 1 or more (or null), got {interval}")
+    check(interval >= 1, f"model.full_attention_interval must be 1 or more (or null), got {interval}")
     for key in ("linear_num_key_heads", "linear_num_value_heads"):
-        _check(getattr(m, key) is not None and getattr(m, key) > 0,
+        check(getattr(m, key) is not None and getattr(m, key) > 0,
                f"model.{key} must be set (a positive number) when model.full_attention_interval is")
     for key in ("linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim"):
-        _check(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
-    _check(m.linear_num_value_heads % m.linear_num_key_heads == 0,
+        check(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
+    check(m.linear_num_value_heads % m.linear_num_key_heads == 0,
            f"model.linear_num_value_heads {m.linear_num_value_heads} must be a multiple of "
            f"model.linear_num_key_heads {m.linear_num_key_heads}")
     if torch.cuda.is_available():
@@ -83,22 +89,22 @@ def validate(m: Any, parallel: Any = None) -> None:
     _check_mtp_layout(m, parallel)
     tp = parallel.tensor_model_parallel_size
     for key in ("linear_num_key_heads", "linear_num_value_heads"):
-        _check(getattr(m, key) % tp == 0,
+        check(getattr(m, key) % tp == 0,
                f"model.{key} {getattr(m, key)} is not divisible by parallel.tensor_model_parallel_size {tp}")
     if parallel.context_parallel_size > 1:
-        _check(megatron_packs_gdn(),
+        check(megatron_packs_gdn(),
                f"context parallelism with Gated DeltaNet layers needs megatron-core >= {PACKED_GDN_VERSION} "
                f"(installed: {megatron.core.__version__})")
         cp = parallel.context_parallel_size
         for key in ("linear_num_key_heads", "linear_num_value_heads"):
-            _check(getattr(m, key) % (tp * cp) == 0,
+            check(getattr(m, key) % (tp * cp) == 0,
                    f"model.{key} {getattr(m, key)} is not divisible by tensor x context parallel size {tp * cp} "
                    "(megatron-core's GDN spreads heads over the CP ranks)")
 
 
 def _check_mtp_layout(m: Any, parallel: Any) -> None:
     pp = parallel.pipeline_model_parallel_size
-    _check(not (m.mtp_num_layers and m.tie_embeddings and pp > 1),
+    check(not (m.mtp_num_layers and m.tie_embeddings and pp > 1),
            f"model.mtp_num_layers {m.mtp_num_layers} with model.tie_embeddings and parallel.pipeline_model_parallel_size "
            f"{pp}: megatron-core (0.16-0.19) gives the MTP stage its own output weight, which its checkpointing then "
            "refuses for tied embeddings; the tied (small) hybrids fit without pipeline parallelism: set "
@@ -107,12 +113,12 @@ def _check_mtp_layout(m: Any, parallel: Any) -> None:
 
 def validate_document_mask(m: Any, document_mask: bool, parallel: Any = None) -> None:
     """Packed documents through GDN layers (megatron-core >= 0.18), and MTP on packed documents under CP."""
-    _check(not (enabled(m) and document_mask) or megatron_packs_gdn(),
+    check(not (enabled(m) and document_mask) or megatron_packs_gdn(),
            f"document masking with Gated DeltaNet layers needs megatron-core >= {PACKED_GDN_VERSION} (installed: "
            f"{megatron.core.__version__}, whose GDN refuses packed sequences): install a newer megatron-core "
            "(Python >= 3.12 takes 0.19), or set data.document_mask=false")
     cp = parallel.context_parallel_size if parallel is not None else 1
-    _check(not (m.mtp_num_layers and document_mask and cp > 1),
+    check(not (m.mtp_num_layers and document_mask and cp > 1),
            f"model.mtp_num_layers {m.mtp_num_layers} with data.document_mask and parallel.context_parallel_size {cp}: "
            "megatron-core's MTP shifts its targets by the unpadded document boundaries (cu_seqlens_q) while context "
            "parallelism pads every document to a multiple of 2 x CP tokens, so targets near document ends are wrong "

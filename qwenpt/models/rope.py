@@ -1,6 +1,6 @@
 """RoPE scaling: YaRN (Peng et al. 2023), as Qwen2/Qwen2.5/Qwen3 extend 32K-trained models to 128K.
 
-One meaning, three spellings: ``model.rope_scaling`` (:class:`qwenpt.config.RopeScalingConfig`),
+One meaning, three spellings: ``model.rope_scaling`` (:class:`qwenpt.RopeScalingConfig`),
 Hugging Face's ``rope_scaling`` / ``rope_parameters`` in config.json, and megatron-core's
 ``YarnRotaryEmbedding`` (``position_embedding_type="yarn"`` plus ``yarn_*`` attributes on the
 TransformerConfig). The frequencies are identical in both libraries; they differ only in how the
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from qwenpt import config  # as a module: qwenpt.config imports this package while it loads
-
-if TYPE_CHECKING:
-    from qwenpt.config import RopeScalingConfig
+from qwenpt.config import RopeScalingConfig
+from qwenpt.errors import ConfigError
 
 _HF_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
             "attention_factor", "truncate")
@@ -26,14 +24,14 @@ _HF_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slo
 def typed(rs: Any) -> RopeScalingConfig:
     """A rope_scaling section as the typed config, whatever form it arrived in (dataclass, DictConfig,
     the plain dict of a checkpoint's run_config.yaml, or None)."""
-    if isinstance(rs, config.RopeScalingConfig):
+    if isinstance(rs, RopeScalingConfig):
         return rs
     items = dict(rs.items()) if rs is not None else {}
-    known = {f.name for f in dataclasses.fields(config.RopeScalingConfig)}
+    known = {f.name for f in dataclasses.fields(RopeScalingConfig)}
     unknown = sorted(set(items) - known)
     if unknown:
-        raise config.ConfigError(f"model.rope_scaling: unknown key(s) {', '.join(unknown)}; it has {', '.join(sorted(known))}")
-    return config.RopeScalingConfig(**items)
+        raise ConfigError(f"model.rope_scaling: unknown key(s) {', '.join(unknown)}; it has {', '.join(sorted(known))}")
+    return RopeScalingConfig(**items)
 
 
 def rope_scaling(m: Any) -> Optional[RopeScalingConfig]:
@@ -57,32 +55,32 @@ def attention_factor(rs: RopeScalingConfig) -> float:
 
 
 def validate(m: Any) -> None:
-    """model.rope_scaling in the user's terms (called from :func:`qwenpt.config.validate_model`)."""
+    """model.rope_scaling in the user's terms (called from :func:`qwenpt.models.checks.validate_model`)."""
     rs = typed(m.rope_scaling)
     if rs.type is None:
         if rs.factor is not None or rs.original_max_position_embeddings is not None:
-            raise config.ConfigError("model.rope_scaling has a factor or original_max_position_embeddings but no type; "
+            raise ConfigError("model.rope_scaling has a factor or original_max_position_embeddings but no type; "
                                      "set model.rope_scaling.type=yarn (or remove them for plain RoPE)")
         return
     if m.family == "qwen":
-        raise config.ConfigError("model.rope_scaling: Qwen (v1) extends context with its own dynamic NTK and logn scaling, "
+        raise ConfigError("model.rope_scaling: Qwen (v1) extends context with its own dynamic NTK and logn scaling, "
                           "not YaRN; use a Qwen2/Qwen2.5/Qwen3 family model or set model.rope_scaling=null")
     if rs.type != "yarn":
-        raise config.ConfigError(f"model.rope_scaling.type {rs.type!r} is not supported; use yarn (what Qwen2, Qwen2.5 "
+        raise ConfigError(f"model.rope_scaling.type {rs.type!r} is not supported; use yarn (what Qwen2, Qwen2.5 "
                           "and Qwen3 ship), or null for plain RoPE")
     if rs.factor is None or rs.original_max_position_embeddings is None:
-        raise config.ConfigError("model.rope_scaling: YaRN needs factor (the extension ratio) and "
+        raise ConfigError("model.rope_scaling: YaRN needs factor (the extension ratio) and "
                                  "original_max_position_embeddings (the length the model was trained at)")
     if not rs.factor > 1:
-        raise config.ConfigError(f"model.rope_scaling.factor must be above 1 (the context extension ratio), got {rs.factor}; "
+        raise ConfigError(f"model.rope_scaling.factor must be above 1 (the context extension ratio), got {rs.factor}; "
                           "factor 1 is plain RoPE: set model.rope_scaling=null")
     if not rs.original_max_position_embeddings > 0:
-        raise config.ConfigError("model.rope_scaling.original_max_position_embeddings must be the positive length the model "
+        raise ConfigError("model.rope_scaling.original_max_position_embeddings must be the positive length the model "
                           f"was trained at, got {rs.original_max_position_embeddings}")
     if not rs.beta_fast > rs.beta_slow > 0:
-        raise config.ConfigError(f"model.rope_scaling: need beta_fast > beta_slow > 0, got {rs.beta_fast} and {rs.beta_slow}")
+        raise ConfigError(f"model.rope_scaling: need beta_fast > beta_slow > 0, got {rs.beta_fast} and {rs.beta_slow}")
     if not attention_factor(rs) > 0:
-        raise config.ConfigError(f"model.rope_scaling: the attention factor must be positive, got {attention_factor(rs)}")
+        raise ConfigError(f"model.rope_scaling: the attention factor must be positive, got {attention_factor(rs)}")
 
 
 def megatron_fields(m: Any) -> dict[str, Any]:
@@ -110,7 +108,7 @@ def to_hf(m: Any) -> Optional[dict]:
     rs = rope_scaling(m)
     if rs is None:
         return None
-    defaults = config.RopeScalingConfig()
+    defaults = RopeScalingConfig()
     out: dict[str, Any] = {"type": rs.type}
     for key in _HF_KEYS:  # the keys that differ from the defaults, as Qwen's configs list only those
         value = getattr(rs, key)
@@ -124,9 +122,9 @@ def from_hf(cfg: dict, source: str) -> RopeScalingConfig:
     params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     kind = params.get("rope_type") or params.get("type") or "default"
     if kind == "default":
-        return config.RopeScalingConfig()
+        return RopeScalingConfig()
     if kind != "yarn":
-        raise config.ConfigError(f"{source}: rope scaling type {kind!r} is not supported (only yarn, which Qwen2/Qwen2.5/Qwen3 "
+        raise ConfigError(f"{source}: rope scaling type {kind!r} is not supported (only yarn, which Qwen2/Qwen2.5/Qwen3 "
                           "use); remove rope_scaling from config.json for plain RoPE")
     fields = {k: params[k] for k in _HF_KEYS if params.get(k) is not None}
     fields.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
@@ -135,4 +133,4 @@ def from_hf(cfg: dict, source: str) -> RopeScalingConfig:
     for key in ("beta_fast", "beta_slow"):  # transformers treats 0 as unset too
         if not fields.get(key, 1):
             fields.pop(key)
-    return config.RopeScalingConfig(type="yarn", **fields)
+    return RopeScalingConfig(type="yarn", **fields)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from qwenpt.config import ConfigError, data_parallel_size, describe_layout, validate
+from qwenpt.errors import ConfigError
+from qwenpt.distributed import data_parallel_size, describe_layout
+from qwenpt.validation import validate
 from qwenpt.flops import PEAK_BF16_TFLOPS, training_flops_per_token
 from qwenpt.models import param_counts
 from qwenpt.plan.memory import GiB, StageMemory, expert_data_parallel_size, stage_memory

@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from qwenpt.errors import ConfigError, check
+
 log = logging.getLogger("qwenpt")
 
 
@@ -56,8 +58,6 @@ _INJECTION = re.compile(r"^(?:(loss|grad)\*([^@]+)|(hang))@(\d+)(?:-(\d+))?(?:/(
 
 def parse_injections(spec: str) -> list[Injection]:
     """``train.guard.inject``: faults joined by ``+``."""
-    from qwenpt.config import ConfigError
-
     out = []
     for part in re.split(r"\+(?=[a-z])", spec):
         m = _INJECTION.match(part.strip())
@@ -156,6 +156,25 @@ class Guard:
         """The test-only fault to apply here, if one is configured (``train.guard.inject``)."""
         return next((i.factor for i in self.injections if i.where == where and i.fires(step, rank)), None)
 
+    def with_injections(self, forward_step_func: Callable, finalize: Callable, model: list,
+                        next_step: Callable[[], int], rank: int) -> tuple[Callable, Callable]:
+        """The step's forward function and gradient finalisation wrapped once, at set-up, with the test-only
+        faults of ``train.guard.inject``: each looks up the step it runs in (``next_step()``). Without
+        injections the loop uses the functions unwrapped."""
+
+        def forward(data_iterator: Any, chunk: torch.nn.Module):
+            step = next_step()
+            if self.injection_at(step, rank, "hang") is not None:
+                hang()
+            factor = self.injection_at(step, rank, "loss")
+            return (forward_step_func if factor is None else inject_loss(forward_step_func, factor))(data_iterator, chunk)
+
+        def finalize_grads(*args: Any, **kwargs: Any):
+            factor = self.injection_at(next_step(), rank, "grad")
+            return (finalize if factor is None else inject_grads(finalize, model, factor))(*args, **kwargs)
+
+        return forward, finalize_grads
+
     def end(self, step: int, last_good: Callable[[], str]) -> bool:
         """After the optimizer step: count, log, or stop (:class:`TrainingHalted`). Returns whether the
         step's update was skipped."""
@@ -206,3 +225,17 @@ def check_finite_parameters(model: list, group: Any = None) -> bool:
     flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=next(model[0].parameters()).device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=group)
     return int(flag.item()) == 0
+
+
+def validate(t: Any) -> None:
+    """train.guard and train.watchdog in the user's terms (the injections parsed as the run will)."""
+    g, w = t.guard, t.watchdog
+    check(g.nonfinite in ("stop", "skip"), f"train.guard.nonfinite {g.nonfinite!r} must be stop or skip")
+    check(g.max_skips_in_a_row >= 1, f"train.guard.max_skips_in_a_row must be at least 1, got {g.max_skips_in_a_row}")
+    check(g.spike_factor == 0 or g.spike_factor > 1, f"train.guard.spike_factor {g.spike_factor} must be 0 (off) or above 1")
+    check(g.spike_window >= 1, f"train.guard.spike_window must be at least 1, got {g.spike_window}")
+    check(g.spike_action in ("warn", "stop"), f"train.guard.spike_action {g.spike_action!r} must be warn or stop")
+    if g.inject is not None:
+        parse_injections(g.inject)
+    check(w.factor >= 0 and w.min_s > 0, f"train.watchdog.factor {w.factor} must be >= 0 and min_s {w.min_s} positive")
+    check(w.collective_timeout_s > 0, f"train.watchdog.collective_timeout_s must be positive, got {w.collective_timeout_s}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
 import logging
 import math
 import os
@@ -22,21 +21,24 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
-from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from qwenpt import checkpoint, distributed, eval_positions, packing
-from qwenpt.config import ConfigError, describe_layout, to_container, validate
-from qwenpt.data import (build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, make_loader,
-                         resolve_blend, sample_horizon)
+from qwenpt import checkpoint, distributed
+from qwenpt.config import ConfigError, to_container
+from qwenpt.distributed import describe_layout
+from qwenpt.validation import validate
+from qwenpt.data import (build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, resolve_blend,
+                         sample_horizon)
 from qwenpt.flops import peak_tflops, training_flops_per_token
 from qwenpt.logs import configure_training_logs
-from qwenpt.metrics import MetricsLogger
+from qwenpt.metrics import MetricsLogger, StepWindow
 from qwenpt.models import build_model, param_counts, use_transformer_engine
 from qwenpt.models.size import format_count
-from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters, hang, inject_grads, inject_loss
+from qwenpt.training.evaluation import Evaluator
+from qwenpt.training.forward import forward_step, micro_batch_iterators, reduce_loss
+from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters
 from qwenpt.training.optim import build_optimizer, build_scheduler
 from qwenpt.training import extend, mtp, run_folder
 from qwenpt.training.resume import select_checkpoint
@@ -135,86 +137,8 @@ def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
     return model
 
 
-def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, positions: Optional[tuple] = None):
-    """Sum of token losses and the token count: megatron-core divides by the global count.
-    ``positions`` (position_ids, buckets, seq_length): also the sums per position bucket (evaluation)."""
-    losses = output_tensor.float().view(-1)
-    mask = loss_mask.float().view(-1)
-    loss = torch.sum(losses * mask)
-    tokens = mask.sum().to(torch.int)
-    reported = {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
-    if positions is not None:
-        reported[eval_positions.KEY] = eval_positions.bucket_sums(losses.detach(), mask, *positions)
-    return loss, tokens, reported
-
-
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE")
-_SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
-
-
-def _this_cp_rank(batch: dict) -> dict:
-    """This rank's 2 of the 2 x CP chunks of every sequence (megatron-core's load-balanced split).
-    megatron-core >= 0.17 requires ``is_hybrid_cp`` and needs the CP group passed explicitly."""
-    kwargs: dict[str, Any] = {"cp_group": parallel_state.get_context_parallel_group()}
-    if "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters:
-        kwargs["is_hybrid_cp"] = False
-    return get_batch_on_this_cp_rank(batch, **kwargs)
-
-
-def forward_step(device: torch.device, data_iterator: Optional[Iterator[dict]], model: torch.nn.Module,
-                 document_mask: bool = False, position_buckets: Optional[tuple[int, int]] = None):
-    if data_iterator is None:  # a middle pipeline stage: activations come from the previous stage
-        return model(None, None, None), partial(loss_func, None)
-    sample = next(data_iterator)
-    batch = {k: sample[k].to(device, non_blocking=True) for k in _SEQUENCE_KEYS}
-    packed = None
-    if document_mask:  # one packed sequence of the micro-batch's documents, CP-split per document (qwenpt/packing.py)
-        batch, packed = packing.pack(batch, parallel_state.get_context_parallel_group(), micro_plan=sample["pack"])
-    else:
-        batch = _this_cp_rank(batch)
-    labels = batch["labels"] if get_attr_wrapped_model(model, "post_process") else None
-    # multi-token prediction computes its own loss in the model: it needs the mask (EOD, CP padding) too
-    loss_mask = batch["loss_mask"] if labels is not None and get_attr_wrapped_model(model, "mtp_process") else None
-    output = model(batch["tokens"], batch["position_ids"], None, labels=labels, packed_seq_params=packed,
-                   **({"loss_mask": loss_mask} if loss_mask is not None else {}))
-    positions = (batch["position_ids"], *position_buckets) if position_buckets else None
-    return output, partial(loss_func, batch["loss_mask"], positions=positions)
-
-
-def _reduce_sums(loss_dicts: list[dict], device: torch.device, key: str = "lm loss", size: int = 2) -> torch.Tensor:
-    """The global sum of the micro-batches' ``key`` tensors, known on every rank (they are computed on
-    the last stage: summed over data + context parallel ranks, then over the pipeline)."""
-    total = torch.zeros(size, dtype=torch.float64, device=device)
-    for d in loss_dicts:
-        total += d[key].to(total)
-    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
-    return total
-
-
-def _reduce_loss(loss_dicts: list[dict], device: torch.device) -> tuple[float, int]:
-    """Global mean token loss of a step, known on every rank."""
-    loss_sum, tokens = _reduce_sums(loss_dicts, device).tolist()  # one read-back for both
-    return loss_sum / max(tokens, 1.0), int(tokens)
-
-
-def _iterators(model: list, dataset: Any, consumed: int, mbs: int, workers: int, document_mask: bool = False) -> list:
-    """One loader per model chunk that reads data (first or last stage, or every stage with document
-    masking: each stage needs the micro-batch's document boundaries, which the loader computes on the
-    host, :class:`qwenpt.packing.Collate`); None for the others."""
-    collate = None
-    if document_mask:
-        config = get_attr_wrapped_model(model[0], "config")
-        collate = packing.Collate(parallel_state.get_context_parallel_world_size(),
-                                  parallel_state.get_context_parallel_rank(),
-                                  config.tensor_model_parallel_size if config.sequence_parallel else 1)
-    its = []
-    for chunk in model:
-        reads = document_mask or get_attr_wrapped_model(chunk, "pre_process") or get_attr_wrapped_model(chunk, "post_process")
-        its.append(make_loader(dataset, consumed, mbs, workers, collate) if reads else None)
-    return its
-
 
 class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
@@ -265,7 +189,6 @@ class Trainer:
         self.mcfg = mcfg = chunks[0].config
         mcfg.no_sync_func = [c.no_sync for c in self.model] if len(self.model) > 1 else self.model[0].no_sync
         mcfg.grad_scale_func = self.optimizer.scale_loss
-        mcfg.finalize_model_grads_func = finalize_model_grads
         # packed micro-batches travel between pipeline stages as [t, 1, hidden] with t set by the documents'
         # padding under CP: megatron-core's schedules then send each tensor's shape first
         mcfg.variable_seq_lengths = bool(d.document_mask) and cfg.parallel.pipeline_model_parallel_size > 1
@@ -286,14 +209,21 @@ class Trainer:
 
         self.stop = StopRequest(t.exit_signal, t.stop_file, self.rt.device, self.rt.is_main)
         self.guard = Guard(t.guard, self.optimizer, self.stop.exchange, self._protect_last_good)
+        self.forward_step = partial(forward_step, self.rt.device, document_mask=d.document_mask)
+        mcfg.finalize_model_grads_func = finalize_model_grads
+        if self.guard.injections:  # test-only faults (train.guard.inject), wrapped in once here
+            self.forward_step, mcfg.finalize_model_grads_func = self.guard.with_injections(
+                self.forward_step, finalize_model_grads, self.model, lambda: self.step + 1, self.rt.rank)
         self.saver = checkpoint.Saver(cfg.checkpoint.async_save, cfg.checkpoint.checksums, self._saved)
         self.watchdog = Watchdog(t.watchdog, self.rt.rank, self.run_dir)
         counts = param_counts(cfg.model)
-        self.flops_per_token = training_flops_per_token(cfg.model, d.seq_length)
-        self.peak = peak_tflops(t.peak_tflops)
         self.metrics = MetricsLogger(
             self.run_dir, cfg.logging.wandb, to_container(cfg), enabled=self.rt.is_main, resume_step=self.step
         )
+        self.window = StepWindow(t.global_batch_size * d.seq_length, training_flops_per_token(cfg.model, d.seq_length),
+                                 self.rt.world_size, peak_tflops(t.peak_tflops))
+        self.evaluator = Evaluator(cfg, self.model, self.forward_backward, self.num_micro, self.rt.device,
+                                   self.valid_ds, self.source_valid, self.metrics, self.watchdog, self.rt.is_main)
         if self.rt.is_main:
             log.info(
                 "model %s: %s parameters (%s non-embedding, %s active), %s, %s attention, dtype %s",
@@ -328,7 +258,7 @@ class Trainer:
 
     def train_iterators(self) -> list:
         """The training micro-batches from the samples consumed so far on, one iterator per model chunk."""
-        return _iterators(self.model, self.train_ds, self.consumed, self.cfg.train.micro_batch_size,
+        return micro_batch_iterators(self.model, self.train_ds, self.consumed, self.cfg.train.micro_batch_size,
                           self.cfg.data.num_workers, self.cfg.data.document_mask)
 
     def train_step(self, iterators: list) -> tuple[float, int, float]:
@@ -336,18 +266,8 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        step_func = partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask)
-        step, rank, guard = self.step + 1, self.rt.rank, self.guard
-        if (factor := guard.injection_at(step, rank, "loss")) is not None:
-            step_func = inject_loss(step_func, factor)
-        factor = guard.injection_at(step, rank, "grad")
-        self.mcfg.finalize_model_grads_func = (
-            finalize_model_grads if factor is None else inject_grads(finalize_model_grads, self.model, factor)
-        )
-        if guard.injection_at(step, rank, "hang") is not None:
-            hang()
         losses = self.forward_backward(
-            forward_step_func=step_func,
+            forward_step_func=self.forward_step,
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=self.num_micro,
@@ -356,42 +276,13 @@ class Trainer:
             forward_only=False,
         )
         # the loss is read before the update (the same single host sync as before, now ahead of the step)
-        loss, tokens = _reduce_loss(losses, self.rt.device)
+        loss, tokens = reduce_loss(losses, self.rt.device)
         if self.cfg.model.mtp_num_layers:
             self.mtp_loss = mtp.step_loss(self.cfg.model.mtp_num_layers, self.num_micro, self.rt.device)
-        guard.begin(loss)
+        self.guard.begin(loss)
         self.scheduler.step(increment=1)  # step k applies lr(k): warmup reaches the peak at k = warmup
         _, grad_norm, _ = self.optimizer.step()  # the guard's gate decides whether it updates
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
-
-    @torch.no_grad()
-    def evaluate(self, dataset: Any = None, position_buckets: int = 0) -> float:
-        """Mean per-token loss over ``train.eval_steps`` global batches of ``dataset`` (default: the
-        blended validation set); with ``position_buckets``, also the mean per position bucket
-        (:mod:`qwenpt.eval_positions`) in ``self.position_loss``."""
-        for chunk in self.model:
-            chunk.eval()
-        its = _iterators(self.model, self.valid_ds if dataset is None else dataset, 0, self.cfg.train.micro_batch_size, 0,
-                         self.cfg.data.document_mask)
-        buckets = (position_buckets, self.cfg.data.seq_length) if position_buckets else None
-        total = []
-        for _ in range(self.cfg.train.eval_steps):
-            total += self.forward_backward(
-                forward_step_func=partial(forward_step, self.rt.device, document_mask=self.cfg.data.document_mask,
-                                          position_buckets=buckets),
-                data_iterator=its if len(its) > 1 else its[0],
-                model=self.model if len(self.model) > 1 else self.model[0],
-                num_microbatches=self.num_micro,
-                seq_length=self.cfg.data.seq_length,
-                micro_batch_size=self.cfg.train.micro_batch_size,
-                forward_only=True,
-            )
-        for chunk in self.model:
-            chunk.train()
-        if buckets:
-            sums = _reduce_sums(total, self.rt.device, eval_positions.KEY, 2 * position_buckets)
-            self.position_loss = eval_positions.bucket_means(sums)
-        return _reduce_loss(total, self.rt.device)[0]
 
     def save(self) -> None:
         if not check_finite_parameters(self.model):
@@ -445,11 +336,9 @@ class Trainer:
 
     def _train(self, bar: tqdm) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        tokens_per_step = t.global_batch_size * cfg.data.seq_length
         iterators = self.train_iterators()
-        if self.step == 0:
-            self._log_eval()
-        window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
+        if self.step == 0 and self.evaluator.should_run(0):
+            self.evaluator.run(self.step, self.consumed)
         last = {}
         while self.step < t.steps:
             start = time.perf_counter()
@@ -460,17 +349,13 @@ class Trainer:
             self.consumed += t.global_batch_size  # a skipped step's batch is consumed too
             skipped = self.guard.end(self.step, self._last_good)
             self.saver.poll()
-            window_time, window_steps = window_time + elapsed, window_steps + 1
-            window_loss, window_skips = (window_loss, window_skips + 1) if skipped else (window_loss + loss, window_skips)
-            tps = tokens_per_step / elapsed
+            throughput = self.window.add(loss, elapsed, skipped)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
-            tflops = self.flops_per_token * tps / self.rt.world_size / 1e12
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{throughput['tokens_per_s']:,.0f}")
             last = {
                 "kind": "train", "step": self.step, "loss": loss, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
                 "grad_norm": grad_norm, "tokens": self.consumed * cfg.data.seq_length, "step_time_s": elapsed,
-                "tokens_per_s": tps, "tflops_per_device": tflops,
-                "mfu": tflops / self.peak if self.peak else None,
+                **throughput,
             }
             if cfg.model.mtp_num_layers:  # each MTP layer's loss (its weight is in the gradient, not here)
                 last["mtp_loss"] = self.mtp_loss
@@ -478,19 +363,9 @@ class Trainer:
                 last["skipped"] = True
             self.metrics.log(last)
             if self.step % cfg.logging.log_interval == 0 and self.rt.is_main:
-                mean_tps = tokens_per_step * window_steps / window_time
-                mean_loss = window_loss / (window_steps - window_skips) if window_steps > window_skips else math.nan
-                mean_tflops = self.flops_per_token * mean_tps / self.rt.world_size / 1e12
-                log.info(
-                    f"step {self.step:>6}/{t.steps} | loss {mean_loss:.4f} | lr {last['lr']:.3e} | "
-                    f"grad norm {grad_norm:.3f} | {mean_tps:,.0f} tokens/s | {mean_tflops:.3f} TFLOP/s/device"
-                    + (f" | MFU {mean_tflops / self.peak:.1%}" if self.peak else "")
-                    + (f" | MTP loss {' '.join(f'{x:.4f}' for x in last['mtp_loss'])}" if "mtp_loss" in last else "")
-                    + (f" | {window_skips} skipped" if window_skips else "")
-                )
-                window_loss, window_time, window_steps, window_skips = 0.0, 0.0, 0, 0
-            if self.step % t.eval_interval == 0 or self.step == t.steps:
-                self._log_eval()
+                log.info(self.window.line(self.step, t.steps, last["lr"], grad_norm, last.get("mtp_loss")))
+            if self.evaluator.should_run(self.step):
+                self.evaluator.run(self.step, self.consumed)
             every = cfg.checkpoint.save_interval
             saved = (every > 0 and self.step % every == 0) or self.step == t.steps
             if saved:
@@ -508,23 +383,6 @@ class Trainer:
                 return dict(last, stopped=reason)
         bar.close()
         return last
-
-    def _log_eval(self) -> None:
-        with self.watchdog.watch(f"evaluation at step {self.step}", self.cfg.train.watchdog.collective_timeout_s):
-            buckets = self.cfg.train.eval_position_buckets
-            loss = self.evaluate(position_buckets=buckets)
-            record = {"kind": "valid", "step": self.step, "loss": loss, "tokens": self.consumed * self.cfg.data.seq_length}
-            if buckets:
-                record["position_loss"] = self.position_loss
-            if self.source_valid:
-                record["per_source"] = {name: self.evaluate(ds) for name, ds in self.source_valid.items()}
-        self.metrics.log(record)
-        if self.rt.is_main:
-            by_position = record.get("position_loss")
-            log.info(
-                f"step {self.step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f}"
-                + (" | by position " + " ".join("-" if v is None else f"{v:.2f}" for v in by_position) if by_position else "")
-            )
 
     def close(self, failed: bool = False) -> None:
         """Publish a checkpoint still being written (``failed``: an error that may have left the ranks

@@ -10,6 +10,8 @@ from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_mega
 from megatron.core.optimizer import clip_grads, optimizer as megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from qwenpt.errors import check
+
 _DECAY_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "wsd": "WSD"}
 
 
@@ -85,3 +87,25 @@ def build_scheduler(
         override_opt_param_scheduler=override,
         use_checkpoint_opt_param_scheduler=not override,
     )
+
+
+def validate_schedule(o: Any, steps: int) -> None:
+    """optim's schedule against the run's length, in the user's terms."""
+    check(
+        o.schedule in ("cosine", "wsd", "linear", "constant"),
+        f"optim.schedule {o.schedule!r} must be cosine, wsd, linear or constant",
+    )
+    check(0 <= o.min_lr <= o.lr, f"optim.min_lr {o.min_lr} must be between 0 and optim.lr {o.lr}")
+    check(
+        0 <= o.warmup_steps < steps,
+        f"optim.warmup_steps {o.warmup_steps} must be at least 0 and less than train.steps {steps} "
+        "(the schedule warms up, then decays over the remaining steps); lower optim.warmup_steps or raise train.steps",
+    )
+    if o.schedule == "wsd":
+        check(0 < o.wsd_decay_fraction <= 1, f"optim.wsd_decay_fraction {o.wsd_decay_fraction} must be in (0, 1]")
+        decay = int(round(o.wsd_decay_fraction * steps))
+        check(
+            o.warmup_steps + decay <= steps,
+            f"optim.warmup_steps {o.warmup_steps} + the WSD decay ({decay} steps = optim.wsd_decay_fraction "
+            f"{o.wsd_decay_fraction} x train.steps {steps}) exceed train.steps {steps}",
+        )

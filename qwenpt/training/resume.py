@@ -35,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from qwenpt import checkpoint
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 from qwenpt.safe_load import UnsafeCheckpoint, verify_checkpoint
 
 log = logging.getLogger("qwenpt")

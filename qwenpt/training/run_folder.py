@@ -27,7 +27,7 @@ from typing import Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from qwenpt.config import ConfigError
+from qwenpt.errors import ConfigError
 
 log = logging.getLogger("qwenpt")
 
