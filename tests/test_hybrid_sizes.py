@@ -370,8 +370,8 @@ def _plan_cli(*args: str) -> tuple[int, str, dict]:
 
 
 @pytest.mark.parametrize("args", [
-    # MTP on the last stage with its own embedding copy (tied embeddings: output copy + MTP embedding)
-    ["model=tiny_qwen3_5", "parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2",
+    # MTP on the last stage with its own embedding copy (untied: MTP with tied embeddings under PP is refused)
+    ["model=tiny_qwen3_5", "model.tie_embeddings=false", "parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2",
      "train.global_batch_size=16", "--gpus", "2"],
     ["model=tiny_qwen3_5_moe", "model.num_layers=8", "parallel.pipeline_model_parallel_size=2",
      "parallel.expert_model_parallel_size=2", "parallel.tensor_model_parallel_size=2",
