@@ -34,6 +34,7 @@ from qwenpt.config import register  # noqa: E402
 from qwenpt.metrics import read_metrics  # noqa: E402
 from qwenpt.models import param_counts  # noqa: E402
 from qwenpt.training.loop import Trainer  # noqa: E402
+from qwenpt.validation import configure  # noqa: E402
 
 
 def run(args: argparse.Namespace, run_dir: Path, async_save: bool) -> dict:
@@ -49,15 +50,15 @@ def run(args: argparse.Namespace, run_dir: Path, async_save: bool) -> dict:
             f"checkpoint.async_save={str(async_save).lower()}", "checkpoint.keep_last=0", f"train.run_dir={run_dir}",
             "logging.wandb.mode=disabled", "logging.progress=false", f"data.cache_dir={run_dir.parent / 'cache'}",
         ])
-    trainer = Trainer(cfg)
+    trainer = Trainer(configure(cfg))
     saves: list[dict] = []
-    report = trainer.saver.report
+    report = trainer.checkpoints.saver.report
 
     def record(step: int, path: Path, stall_s: float, total_s: float) -> None:
         saves.append({"step": step, "stall_s": stall_s, "total_s": total_s})
         report(step, path, stall_s, total_s)
 
-    trainer.saver.report = record
+    trainer.checkpoints.saver.report = record
     try:
         trainer.fit()
     finally:

@@ -142,10 +142,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from qwenpt.metrics import read_metrics
     from qwenpt.training.loop import Trainer
+    from qwenpt.validation import configure
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stdout)
     run_dir = Path(args.worker).with_suffix("")
-    trainer = Trainer(compose_cfg(args, run_dir))
+    trainer = Trainer(configure(compose_cfg(args, run_dir)))
     trainer.evaluator.should_run = lambda step: False  # evaluation and checkpoint saves off: the train steps are measured
     trainer.save = lambda: None
     rank = int(os.environ.get("RANK", "0"))

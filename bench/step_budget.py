@@ -166,6 +166,7 @@ def count_step(model_overrides: list[str], seq: int, micro_batch: int, global_ba
     from qwenpt import distributed
     from qwenpt.config import register
     from qwenpt.training.loop import Trainer
+    from qwenpt.validation import configure
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="step_budget_"))
     overrides = [*model_overrides, f"data.seq_length={seq}", f"data.document_mask={str(document_mask).lower()}",
@@ -176,7 +177,7 @@ def count_step(model_overrides: list[str], seq: int, micro_batch: int, global_ba
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
-    trainer = Trainer(cfg)
+    trainer = Trainer(configure(cfg))
     try:
         with _packed_kernel(kernel if document_mask else "auto"), OpCounter():
             iterators = trainer.train_iterators()

@@ -35,6 +35,7 @@ from qwenpt.config import register  # noqa: E402
 from qwenpt.models import build_model  # noqa: E402
 from qwenpt.training.forward import forward_step  # noqa: E402
 from qwenpt.training.loop import Trainer, resolve_dtype, wrap_ddp  # noqa: E402
+from qwenpt.validation import configure  # noqa: E402
 from qwenpt.training.optim import build_optimizer  # noqa: E402
 
 
@@ -96,7 +97,8 @@ def bare_loop(cfg, warmup: int, steps: int) -> float:
 
 def trainer_loop(cfg, warmup: int, steps: int) -> float:
     """tokens/s of the Trainer's real fit loop (eval and checkpoint saves switched off)."""
-    trainer = Trainer(cfg)
+    trainer = Trainer(configure(cfg))
+    cfg = trainer.cfg  # the typed config the loop reads
     trainer.evaluator.should_run = lambda step: False
     trainer.save = lambda: None
     cfg.train.steps = warmup

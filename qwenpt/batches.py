@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from qwenpt import checkpoint
 from qwenpt.errors import ConfigError
 from qwenpt.data import build_datasets, dataset_config, load_tokenizer, resolve_blend, sample_horizon
+from qwenpt.config import Config
 
 FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
 
@@ -50,7 +51,7 @@ def run_config(run: Path, config: Optional[Path] = None) -> Any:
     return OmegaConf.load(path)
 
 
-def read_batches(cfg: Any, first: int, last: int, saved_horizon: Optional[int] = None) -> dict[str, np.ndarray]:
+def read_batches(cfg: Config, first: int, last: int, saved_horizon: Optional[int] = None) -> dict[str, np.ndarray]:
     """Steps ``first`` .. ``last`` of the run configured by ``cfg``, as [steps, global batch, seq] arrays."""
     t, d = cfg.train, cfg.data
     tokenizer = load_tokenizer(d, cfg.model.vocab_size)

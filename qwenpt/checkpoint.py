@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from qwenpt import errors
 from qwenpt.safe_load import verify_checkpoint
+from qwenpt.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class Saver:
         """Write a checkpoint for ``step``; returns the directory it is (or will be) published as."""
         self.wait()  # one save in flight at a time: the previous one is published first
         start = time.perf_counter()
+        optim_sharding = str(optim_sharding)  # plain data on disk: the config's StrEnum would not load as weights
         root = Path(root)
         tmp, final = root / f".tmp_{_PREFIX}{step:08d}", root / f"{_PREFIX}{step:08d}"
         if _rank0():
@@ -501,16 +503,12 @@ def load(path: str | Path, model: list, optimizer: Any, scheduler: Any) -> dict:
     return progress
 
 
-def validate_config(c: Any, world_size: int, check_files: bool = True) -> None:
+def validate_config(c: CheckpointConfig, world_size: int, check_files: bool = True) -> None:
     """The checkpoint section in the user's terms (``check_files=False``: not the paths; the HF source of
     ``init_from_hf`` is checked against the model by :func:`qwenpt.convert.hf_io.check_init_from_hf`)."""
     errors.check(c.save_interval >= 0, f"checkpoint.save_interval must be a number of steps, or 0 for no periodic saves "
                                 f"(the last step is saved either way), got {c.save_interval}")
     errors.check(c.keep_last >= 0, f"checkpoint.keep_last must be a number of checkpoints, or 0 to keep all, got {c.keep_last}")
-    errors.check(
-        c.optim_sharding in ("dp_reshardable", "fully_reshardable"),
-        f"checkpoint.optim_sharding {c.optim_sharding!r} must be dp_reshardable or fully_reshardable",
-    )
     if c.create_seed:
         errors.check(
             world_size == 1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -22,8 +23,84 @@ __all__ = [  # ConfigError re-exported: the error of a bad configuration, raised
     "BlendEntry", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DualChunkConfig", "GuardConfig",
     "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "RopeScalingConfig", "TrainConfig",
     "WandbConfig", "WatchdogConfig", "check_override_keys", "check_unknown_keys", "register", "schema_keys",
-    "to_container",
+    "to_container", "to_object",
+    # the closed choices: Hydra refuses any other value at composition, naming the key and the choices
+    "Fp8Format", "Fp8Recipe", "LoadBalancing", "NonfiniteAction", "OptimSharding", "Precision", "Recompute",
+    "Schedule", "SpikeAction", "TokenDispatcher", "WandbMode", "WsdDecayStyle",
 ]
+
+
+# Closed choices as StrEnums (OmegaConf validates them; a member equals its string, so code compares with "bf16")
+class LoadBalancing(StrEnum):
+    """megatron-core's moe_router_load_balancing_type."""
+
+    aux_loss = "aux_loss"  # per micro-batch (Qwen1.5/2-MoE)
+    global_aux_loss = "global_aux_loss"  # expert loads counted over the global batch (Qwen3-MoE)
+    seq_aux_loss = "seq_aux_loss"
+    none = "none"
+
+
+class TokenDispatcher(StrEnum):
+    allgather = "allgather"
+    alltoall = "alltoall"
+
+
+class Recompute(StrEnum):
+    selective = "selective"
+    full = "full"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    wsd = "wsd"
+    linear = "linear"
+    constant = "constant"
+
+
+class WsdDecayStyle(StrEnum):
+    linear = "linear"
+    cosine = "cosine"
+    exponential = "exponential"
+    minus_sqrt = "minus_sqrt"
+
+
+class NonfiniteAction(StrEnum):
+    stop = "stop"
+    skip = "skip"
+
+
+class SpikeAction(StrEnum):
+    warn = "warn"
+    stop = "stop"
+
+
+class Precision(StrEnum):
+    auto = "auto"  # bf16 on a GPU, fp32 on the CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Fp8Format(StrEnum):
+    hybrid = "hybrid"  # e4m3 forward, e5m2 gradients
+    e4m3 = "e4m3"
+
+
+class Fp8Recipe(StrEnum):
+    delayed = "delayed"
+    tensorwise = "tensorwise"
+    blockwise = "blockwise"
+    mxfp8 = "mxfp8"  # Blackwell
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class OptimSharding(StrEnum):
+    dp_reshardable = "dp_reshardable"
+    fully_reshardable = "fully_reshardable"
 
 
 @dataclass
@@ -85,7 +162,7 @@ class ModelConfig:
     moe_aux_loss_coeff: float = 0.001
     # megatron-core's moe_router_load_balancing_type: aux_loss (per micro-batch, Qwen1.5/2-MoE),
     # global_aux_loss (expert loads counted over the global batch, Qwen3-MoE), seq_aux_loss or none
-    moe_load_balancing: str = "aux_loss"
+    moe_load_balancing: LoadBalancing = LoadBalancing.aux_loss
     # The hybrid generation (Qwen3-Next, Qwen3.5, Qwen3.6; qwenpt/models/hybrid.py, docs/hybrid.md): layer i
     # (counted from 1) is full attention when i is a multiple of full_attention_interval, Gated DeltaNet
     # otherwise; null: every layer is full attention (Qwen <= 3). HF: full_attention_interval / layer_types.
@@ -114,8 +191,8 @@ class ParallelConfig:
     expert_tensor_parallel_size: Optional[int] = None  # null: same as tensor_model_parallel_size
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
-    moe_token_dispatcher_type: str = "allgather"  # allgather | alltoall
-    recompute_granularity: Optional[str] = None  # null | selective | full
+    moe_token_dispatcher_type: TokenDispatcher = TokenDispatcher.allgather  # allgather | alltoall
+    recompute_granularity: Optional[Recompute] = None  # null | selective | full
     recompute_num_layers: int = 1
     overlap_grad_reduce: bool = False  # bucketed gradient all-reduce / reduce-scatter during backward
     overlap_param_gather: bool = False  # distributed optimizer: parameter all-gather during forward
@@ -171,10 +248,10 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    schedule: Schedule = Schedule.cosine  # cosine | wsd | linear | constant
     warmup_steps: int = 100
     wsd_decay_fraction: float = 0.2  # WSD: share of steps in the final decay
-    wsd_decay_style: str = "linear"  # linear | cosine | exponential | minus_sqrt
+    wsd_decay_style: WsdDecayStyle = WsdDecayStyle.linear  # linear | cosine | exponential | minus_sqrt
 
 
 @dataclass
@@ -183,13 +260,13 @@ class GuardConfig:
 
     # a NaN/Inf loss or grad norm: stop (exit naming the step and the last good checkpoint; the update is
     # never applied) | skip (drop the step's update, count it, go on)
-    nonfinite: str = "stop"
+    nonfinite: NonfiniteAction = NonfiniteAction.stop
     max_skips_in_a_row: int = 3  # skip: stop when this many steps in a row were non-finite
     # a loss above spike_factor x the median of the last spike_window finite losses is a spike: logged,
     # or the run stops with spike_action=stop. 0 disables.
     spike_factor: float = 3.0
     spike_window: int = 50
-    spike_action: str = "warn"  # warn | stop
+    spike_action: SpikeAction = SpikeAction.warn  # warn | stop
     # Fault injection, for tests only: "WHERE*FACTOR@STEPS[/RANK]" multiplies the loss (WHERE=loss) or the
     # gradients before their all-reduce (WHERE=grad) by FACTOR (nan, inf, or a number) at STEPS ("5" or
     # "5-7"), on one rank or all; "hang@STEP[/RANK]" blocks that step (tests the watchdog); "+" joins several.
@@ -213,11 +290,11 @@ class TrainConfig:
     micro_batch_size: int = 4
     global_batch_size: int = 16
     seed: int = 1234
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: Precision = Precision.auto  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     # FP8 GEMMs through Transformer Engine (GPU, compute capability >= 8.9) on top of bf16: null (off) |
     # hybrid (e4m3 forward, e5m2 gradients) | e4m3; recipe: delayed | tensorwise | blockwise | mxfp8 (Blackwell)
-    fp8: Optional[str] = None
-    fp8_recipe: str = "delayed"
+    fp8: Optional[Fp8Format] = None
+    fp8_recipe: Fp8Recipe = Fp8Recipe.delayed
     eval_interval: int = 50
     eval_steps: int = 4
     # Also evaluate each data source (language) alone on its own validation split, the same samples
@@ -242,7 +319,7 @@ class TrainConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline  # offline | online | disabled
     project: str = "qwenpt"
     entity: Optional[str] = None
     name: Optional[str] = None
@@ -263,7 +340,7 @@ class CheckpointConfig:
     keep_last: int = 2  # older complete checkpoints are deleted; 0 keeps all
     # distributed optimizer state on disk: dp_reshardable (fully parallel; reload at any DP size)
     # or fully_reshardable (gathered to canonical per-parameter form; reload at any TP/PP/DP layout)
-    optim_sharding: str = "dp_reshardable"
+    optim_sharding: OptimSharding = OptimSharding.dp_reshardable
     # Start from these weights (a checkpoint directory, or a checkpoints root: its latest) when the run
     # has no checkpoint of its own; any TP/PP/VPP/EP layout can read any other's. Weights only.
     init_from: Optional[str] = None
@@ -384,5 +461,13 @@ def check_override_keys(overrides: list[str], conf_dir: str | Path) -> None:
     check(not problems, "\n".join(problems))
 
 
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_object(cfg: DictConfig) -> Config:
+    """The composed (and validated) config as the schema's typed objects, interpolations resolved: what a run
+    reads from then on (``qwenpt.validation.configure`` does both at each entry point)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_container(cfg: Any) -> dict:
+    """The config as plain data (choices as their strings), resolved: what is logged, compared and saved."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]

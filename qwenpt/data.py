@@ -40,6 +40,7 @@ from data_pipeline.qwen import MODELS as QWEN_TOKENIZERS
 from data_pipeline.tokenizer import TextTokenizer
 from qwenpt.errors import ConfigError, check
 from qwenpt.models import hybrid
+from qwenpt.config import Config, DataConfig, ParallelConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Blend:
     names: list[str]  # short name per prefix (language for the bundled sample), for per-source metrics
 
 
-def load_tokenizer(data: Any, model_vocab_size: int | None = None) -> TextTokenizer:
+def load_tokenizer(data: DataConfig, model_vocab_size: int | None = None) -> TextTokenizer:
     """``data.tokenizer``: a Qwen name (qwen2, qwen2.5, qwen3, qwen3.5, qwen3.6; built offline on first use), a
     tokenizer.json or a directory; unset: qwen3.5 for a model with Qwen3.5's vocabulary (248,077 ids; 248,320
     rows), qwen2 for one with Qwen's (151,646 ids), else the bundled BPE."""
@@ -90,7 +91,7 @@ def sample_languages() -> list[str]:
     return sorted(p.name.removesuffix(".jsonl.gz") for p in SAMPLE_DIR.glob("*.jsonl.gz"))
 
 
-def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:
+def resolve_blend(data: DataConfig, tokenizer: TextTokenizer) -> Blend:
     if not data.blend:
         blend = prepare_sample(data.cache_dir, tokenizer)
         if data.sample_weights:
@@ -110,7 +111,7 @@ def resolve_blend(data: Any, tokenizer: TextTokenizer) -> Blend:
     )
 
 
-def dataset_config(data: Any, tokenizer: TextTokenizer, blend: Blend, seed: int) -> GPTDatasetConfig:
+def dataset_config(data: DataConfig, tokenizer: TextTokenizer, blend: Blend, seed: int) -> GPTDatasetConfig:
     return GPTDatasetConfig(
         random_seed=seed,
         sequence_length=data.seq_length,
@@ -297,7 +298,7 @@ def pass_samples(blend: Blend, seq_length: int) -> int:
     return max(1, tokens // seq_length)
 
 
-def sample_horizon(data: Any, blend: Blend, needed: int, saved: Optional[int] = None) -> tuple[int, Optional[str]]:
+def sample_horizon(data: DataConfig, blend: Blend, needed: int, saved: Optional[int] = None) -> tuple[int, Optional[str]]:
     """How many samples the training index is built for, and a warning when it changes the order a resumed
     run reads.
 
@@ -402,7 +403,7 @@ def make_loader(dataset: Any, consumed_samples: int, micro_batch_size: int, num_
     return iter(loader)
 
 
-def validate_data(cfg: Any, check_files: bool = True) -> None:
+def validate_data(cfg: Config, check_files: bool = True) -> None:
     """The data section against the model and the layout, in the user's terms (``check_files=False``: not
     the datasets and the tokenizer on disk, as the planner runs away from the cluster's file systems)."""
     d, p, m, t = cfg.data, cfg.parallel, cfg.model, cfg.train
@@ -466,7 +467,7 @@ def validate_data(cfg: Any, check_files: bool = True) -> None:
         )
 
 
-def _validate_document_mask(d: Any, p: Any) -> None:
+def _validate_document_mask(d: DataConfig, p: ParallelConfig) -> None:
     if d.reset_position_ids is not None:
         check(
             d.reset_position_ids == d.document_mask,

@@ -12,7 +12,6 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ except ImportError:  # 0.16: moe_utils' module-level dict
 
 from qwenpt import cpu_compat
 from qwenpt.errors import check
+from qwenpt.config import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
+def describe_layout(parallel: ParallelConfig, dp: int, moe: bool) -> str:
     """'tp 2 (sp) x pp 2 (x2 virtual) x cp 1 x dp 1, experts ep 2 x etp 1, alltoall', as the logs say it."""
     p = parallel
     text = (
@@ -66,7 +66,7 @@ def describe_layout(parallel: Any, dp: int, moe: bool) -> str:
     return text
 
 
-def data_parallel_size(parallel: Any, world_size: int) -> int:
+def data_parallel_size(parallel: ParallelConfig, world_size: int) -> int:
     """Data-parallel replicas: the world over TP x PP x CP (which must divide it)."""
     model_parallel = (
         parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size
@@ -80,7 +80,7 @@ def data_parallel_size(parallel: Any, world_size: int) -> int:
     return world_size // model_parallel
 
 
-def check_expert_layout(parallel: Any, world_size: int) -> None:
+def check_expert_layout(parallel: ParallelConfig, world_size: int) -> None:
     """The expert layout (ETP x EP x PP) tiles the world."""
     etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
     expert_world = etp * parallel.expert_model_parallel_size * parallel.pipeline_model_parallel_size
@@ -111,7 +111,7 @@ def init_process_group(timeout_s: float = 1800.0) -> Runtime:
     return Runtime(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, cpu=cpu)
 
 
-def initialize(parallel: Any, seed: int, timeout_s: float = 1800.0) -> Runtime:
+def initialize(parallel: ParallelConfig, seed: int, timeout_s: float = 1800.0) -> Runtime:
     """Process group, megatron-core model-parallel groups, and seeds (same init on every DP rank)."""
     rt = init_process_group(timeout_s)
     init_parallel_state(parallel, timeout_s=timeout_s)
@@ -133,7 +133,7 @@ def clear_loss_trackers() -> None:
     MTPLossLoggingHelper.tracker.clear()
 
 
-def init_parallel_state(parallel: Any, gloo_groups: bool = True, timeout_s: float = 1800.0) -> None:
+def init_parallel_state(parallel: ParallelConfig, gloo_groups: bool = True, timeout_s: float = 1800.0) -> None:
     """megatron-core's TP/PP/VPP/CP/EP groups for a layout, on the current default process group
     (``gloo_groups=False``: no gloo side groups, as on torch's fake process group)."""
     if parallel_state.model_parallel_is_initialized():

@@ -35,11 +35,12 @@ recurrence.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from qwenpt.models.size import attention_widths, gate_width, gdn_in_proj_width, gdn_widths, mlp_params, num_gdn_layers
+from qwenpt.config import ModelConfig
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by substring of the device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
@@ -50,7 +51,7 @@ def mean_attended_keys(document_lengths: Sequence[int]) -> float:
     return sum(n * (n + 1) / 2 for n in document_lengths) / sum(document_lengths)
 
 
-def gdn_flops_per_token(m: Any) -> float:
+def gdn_flops_per_token(m: ModelConfig) -> float:
     """Forward FLOPs of one Gated DeltaNet mixer per token (its norms and MLP not included)."""
     qk, v = gdn_widths(m)
     h, nv = m.hidden_size, m.linear_num_value_heads
@@ -58,7 +59,7 @@ def gdn_flops_per_token(m: Any) -> float:
                 + 4 * nv * m.linear_key_head_dim * m.linear_value_head_dim + v * h)
 
 
-def forward_flops_per_token(m: Any, seq_length: int, causal: bool = True,
+def forward_flops_per_token(m: ModelConfig, seq_length: int, causal: bool = True,
                             document_lengths: Optional[Sequence[int]] = None) -> float:
     """Forward FLOPs per token; ``causal=False`` counts the full s x s score matrix (as kernels
     without causal skipping, and torch's FlopCounterMode, do); ``document_lengths``: the documents of
@@ -81,7 +82,7 @@ def forward_flops_per_token(m: Any, seq_length: int, causal: bool = True,
     return mixers + m.num_layers * mlp + lm_head + mtp
 
 
-def training_flops_per_token(m: Any, seq_length: int, document_lengths: Optional[Sequence[int]] = None) -> float:
+def training_flops_per_token(m: ModelConfig, seq_length: int, document_lengths: Optional[Sequence[int]] = None) -> float:
     return 3 * forward_flops_per_token(m, seq_length, document_lengths=document_lengths)
 
 

@@ -8,7 +8,9 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from qwenpt.config import WandbConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ class MetricsLogger:
     ``wandb sync``); ``logging.wandb.mode=online`` streams, ``disabled`` turns it off.
     """
 
-    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, enabled: bool, resume_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, wandb_cfg: WandbConfig, config: dict, enabled: bool, resume_step: int = 0) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None

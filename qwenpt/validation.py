@@ -11,10 +11,11 @@ them in order, and holds only the train and logging sections' own few checks. Ev
 from __future__ import annotations
 
 import signal
-from typing import Any
+
+from omegaconf import DictConfig
 
 from qwenpt import checkpoint, distributed
-from qwenpt.config import check_unknown_keys
+from qwenpt.config import Config, LoggingConfig, TrainConfig, check_unknown_keys, to_object
 from qwenpt.convert.hf_io import check_init_from_hf
 from qwenpt.data import validate_data
 from qwenpt.errors import check
@@ -23,7 +24,13 @@ from qwenpt.training import guard
 from qwenpt.training.optim import validate_schedule
 
 
-def validate(cfg: Any, world_size: int = 1, check_files: bool = True) -> None:
+def configure(cfg: DictConfig, world_size: int = 1) -> Config:
+    """A run's entry: Hydra's composed config validated, then typed (one :class:`~qwenpt.config.Config`)."""
+    validate(cfg, world_size)
+    return to_object(cfg)
+
+
+def validate(cfg: Config, world_size: int = 1, check_files: bool = True) -> None:
     """Check everything a run needs before anything is allocated (``check_files=False``: not the data,
     tokenizer and checkpoint paths, as the planner runs away from the cluster's file systems)."""
     check_unknown_keys(cfg)
@@ -38,13 +45,9 @@ def validate(cfg: Any, world_size: int = 1, check_files: bool = True) -> None:
     checkpoint.validate_config(cfg.checkpoint, world_size, check_files)
     if cfg.checkpoint.init_from_hf is not None and check_files:
         check_init_from_hf(cfg.checkpoint.init_from_hf, cfg.model)
-    check(
-        cfg.logging.wandb.mode in ("offline", "online", "disabled"),
-        f"logging.wandb.mode {cfg.logging.wandb.mode!r} must be offline, online or disabled",
-    )
 
 
-def _validate_train(t: Any, logging: Any, dp: int) -> None:
+def _validate_train(t: TrainConfig, logging: LoggingConfig, dp: int) -> None:
     """The batch arithmetic against the data-parallel size, and the train section's own settings."""
     check(t.micro_batch_size > 0, f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
     check(t.global_batch_size > 0, f"train.global_batch_size must be positive, got {t.global_batch_size}")
@@ -59,7 +62,6 @@ def _validate_train(t: Any, logging: Any, dp: int) -> None:
         check(value > 0, f"{key} must be a positive number of steps, got {value}")
     check(t.cpu_threads is None or t.cpu_threads > 0,
           f"train.cpu_threads must be a positive number of threads or null (torch's choice), got {t.cpu_threads}")
-    check(t.precision in ("auto", "fp32", "bf16"), f"train.precision {t.precision!r} must be auto, fp32 or bf16")
     validate_fp8(t)
     if t.exit_signal is not None:
         check(

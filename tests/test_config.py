@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from conftest import ROOT, run_train
-from qwenpt.config import ConfigError, register
-from qwenpt.validation import validate
+from qwenpt.config import Config, ConfigError, Precision, register, to_container
+from qwenpt.validation import configure, validate
 
 register()
 
@@ -43,8 +46,6 @@ def test_default_config_is_valid():
         (["+data.sample_weights.en=0.0"], 1, "data.sample_weights.en must be positive, got 0.0"),
         (["model=tiny_qwen3", "model.hidden_size=130", "model.kv_channels=null"], 1,
          "model.hidden_size 130 is not divisible by model.num_attention_heads 4; set model.kv_channels"),
-        (["model=tiny_qwen3_moe", "model.moe_load_balancing=global"], 1,
-         "model.moe_load_balancing 'global' must be aux_loss, global_aux_loss, seq_aux_loss or none"),
     ],
 )
 def test_validation_names_the_field(overrides, world, message):
@@ -52,6 +53,52 @@ def test_validation_names_the_field(overrides, world, message):
     with pytest.raises(ConfigError) as err:
         validate(cfg, world_size=world)
     assert message in str(err.value)
+
+
+# every closed choice of the schema (a StrEnum): Hydra refuses another value as it composes, naming the key,
+# the value and the choices; null stays allowed where the setting is optional
+@pytest.mark.parametrize("key,bad,choices", [
+    ("model.moe_load_balancing", "global", "aux_loss, global_aux_loss, seq_aux_loss, none"),
+    ("parallel.moe_token_dispatcher_type", "flex", "allgather, alltoall"),
+    ("parallel.recompute_granularity", "some", "selective, full"),
+    ("optim.schedule", "step", "cosine, wsd, linear, constant"),
+    ("optim.wsd_decay_style", "sqrt", "linear, cosine, exponential, minus_sqrt"),
+    ("train.precision", "fp16", "auto, fp32, bf16"),
+    ("train.fp8", "e5m2", "hybrid, e4m3"),
+    ("train.fp8_recipe", "nvfp4", "delayed, tensorwise, blockwise, mxfp8"),
+    ("train.guard.nonfinite", "ignore", "stop, skip"),
+    ("train.guard.spike_action", "skip", "warn, stop"),
+    ("logging.wandb.mode", "shared", "offline, online, disabled"),
+    ("checkpoint.optim_sharding", "full", "dp_reshardable, fully_reshardable"),
+])
+def test_a_closed_choice_is_refused_as_hydra_composes(key, bad, choices):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("model=tiny_moe", f"{key}={bad}")
+    cause = str(err.value.__cause__)
+    assert f"Invalid value '{bad}', expected one of [{choices}]" in cause and f"full_key: {key}" in cause
+    good = choices.split(", ")[-1]
+    section, _, name = key.rpartition(".")
+    assert getattr(OmegaConf.select(compose_cfg("model=tiny_moe", f"{key}={good}"), section), name) == good
+
+
+def test_typed_config_after_composition():
+    """What a run reads: the schema's dataclasses, interpolations resolved, choices as StrEnums equal to their
+    strings, and plain strings again wherever the config is logged or saved."""
+    cfg = configure(compose_cfg("train.precision=bf16", "parallel.recompute_granularity=null"))
+    assert type(cfg) is Config and type(cfg.train.guard).__name__ == "GuardConfig"
+    assert cfg.train.run_dir == "runs/tiny-sample" and cfg.train.stop_file == "runs/tiny-sample/STOP"
+    assert cfg.train.precision is Precision.bf16 and cfg.train.precision == "bf16"
+    assert cfg.parallel.recompute_granularity is None
+    plain = to_container(cfg)
+    assert type(plain["train"]["precision"]) is str and plain["train"]["run_dir"] == "runs/tiny-sample"
+    assert yaml.safe_load(OmegaConf.to_yaml(cfg))["train"]["precision"] == "bf16"
+
+
+def test_train_py_names_a_bad_choice_without_a_traceback(tmp_path):
+    proc = run_train(tmp_path / "run", "train.precision=fp16")
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout
+    assert "Invalid value 'fp16', expected one of [auto, fp32, bf16]" in proc.stdout and "full_key: train.precision" in proc.stdout
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_py_rejects_bad_layout_before_allocating(tmp_path):

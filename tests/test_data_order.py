@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from qwenpt import distributed
 from qwenpt.config import register
 from qwenpt.training.loop import Trainer
+from qwenpt.validation import configure
 
 register()
 logging.basicConfig(level=logging.INFO)
@@ -34,7 +35,7 @@ out = {}
 for name, (overrides, steps) in json.loads(sys.argv[1]).items():
     with initialize_config_dir(config_dir=sys.argv[2], version_base=None):
         cfg = compose("config", overrides=overrides)
-    trainer = Trainer(cfg)
+    trainer = Trainer(configure(cfg))
     try:
         first = trainer.step + 1
         micro = list(islice(trainer.train_iterators()[0], steps * trainer.num_micro))

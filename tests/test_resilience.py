@@ -247,7 +247,6 @@ def test_dp2_hang_dumps_every_rank_and_exits(tmp_path):
         (["+train.foo=1"], "train.foo is not a setting (a typo, or `+train.foo=...` adding a key the schema lacks)"),
         (["+train.guard.bar=1"], "train.guard.bar is not a setting"),
         (["train.guard.inject=loss@5"], "train.guard.inject 'loss@5' is not WHERE*FACTOR@STEPS[/RANK]"),
-        (["train.guard.nonfinite=ignore"], "train.guard.nonfinite 'ignore' must be stop or skip"),
     ],
 )
 def test_bad_settings_are_refused_up_front(overrides, message):

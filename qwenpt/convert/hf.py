@@ -52,14 +52,14 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def hf_config_for(m: Any, dtype: torch.dtype) -> dict:
+def hf_config_for(m: ModelConfig, dtype: torch.dtype) -> dict:
     """config.json of model config ``m`` in its layout, weights in ``dtype``."""
     cfg = layouts.for_model(m).hf_config(m)
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     return cfg
 
 
-def _world_of_one(m: Any, dtype: torch.dtype, device: str = "cpu") -> torch.nn.Module:
+def _world_of_one(m: ModelConfig, dtype: torch.dtype, device: str = "cpu") -> torch.nn.Module:
     """The model at TP=PP=EP=1 in this one process (``device="meta"``: shapes only, no memory)."""
     if distributed.world_size_from_env() != 1:
         raise ConfigError("import and export run in one process (they need no process per rank); run them without torchrun")
@@ -245,7 +245,7 @@ def megatron_logits(model: list, tokens: torch.Tensor) -> Optional[torch.Tensor]
     return gather_from_tensor_model_parallel_region(logits.float()).cpu()
 
 
-def verify(hf_dir: str | Path, ckpt: str | Path, parallel: Any, *, batch: int = 2, seq: int = 32, seed: int = 0) -> Optional[dict]:
+def verify(hf_dir: str | Path, ckpt: str | Path, parallel: ParallelConfig, *, batch: int = 2, seq: int = 32, seed: int = 0) -> Optional[dict]:
     """Max |logit difference| between transformers on ``hf_dir`` and the megatron checkpoint at the
     layout ``parallel`` (one process per rank under torchrun); the dict on the last stage's first rank."""
     from megatron.core import parallel_state

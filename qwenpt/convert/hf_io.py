@@ -158,7 +158,7 @@ def copy_tokenizer(src: str | Path, out: str | Path) -> list[str]:
     return copied
 
 
-def check_init_from_hf(hf_dir: str | Path, model: Any) -> None:
+def check_init_from_hf(hf_dir: str | Path, model: ModelConfig) -> None:
     """checkpoint.init_from_hf holds the architecture of ``model`` (its config.json against the model config)."""
     hf = model_config_from_hf(read_hf_config(hf_dir), model.name, model.family, source=str(Path(hf_dir) / "config.json"))
     differ = [

@@ -40,6 +40,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.nn.attention.bias import causal_lower_right
 
 from qwenpt.models import dca
+from qwenpt.config import ModelConfig
 
 try:  # torch >= 2.11
     from torch.nn.attention.varlen import varlen_attn
@@ -214,7 +215,7 @@ class SDPAttention(MegatronModule):
         return torch.cat(outs, dim=2)
 
 
-def attach_dual_chunk(chunk: torch.nn.Module, m: Any) -> None:
+def attach_dual_chunk(chunk: torch.nn.Module, m: ModelConfig) -> None:
     """Give every core attention of a GPTModel chunk the DCA settings and the model's RoPE frequencies."""
     chunk_size, local_size = dca.sizes(m)
     inv_freq = chunk.rotary_pos_emb.inv_freq.detach().float().cpu()

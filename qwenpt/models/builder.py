@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import megatron.core
 import torch
@@ -23,6 +22,7 @@ from qwenpt.models.attention import SDPAttention, attach_dual_chunk
 from qwenpt.models import dca, hybrid, packed_rope, rope
 from qwenpt.models.norm import RMSNorm
 from qwenpt.models.size import head_dim
+from qwenpt.config import ModelConfig, ParallelConfig
 
 
 def use_transformer_engine() -> bool:
@@ -49,7 +49,7 @@ def gradient_accumulation_fusion_available() -> bool:
     return True
 
 
-def _aux_loss_layout_factor(model: Any, parallel: Any) -> int:
+def _aux_loss_layout_factor(model: ModelConfig, parallel: ParallelConfig) -> int:
     """Undo megatron-core <= 0.16's layout-dependent weight of the MoE load-balancing loss.
 
     With per-token loss, megatron-core scales each rank's aux loss by its *local* token count, and
@@ -70,8 +70,8 @@ def _aux_loss_layout_factor(model: Any, parallel: Any) -> int:
 
 
 def transformer_config(
-    model: Any,
-    parallel: Any,
+    model: ModelConfig,
+    parallel: ParallelConfig,
     dtype: torch.dtype = torch.float32,
     *,
     perform_initialization: bool = True,
@@ -157,7 +157,7 @@ def transformer_config(
     return config
 
 
-def layer_spec(model: Any) -> ModuleSpec:
+def layer_spec(model: ModelConfig) -> ModuleSpec:
     moe, qk_norm = model.num_experts, model.qk_layernorm
     if use_transformer_engine():
         return get_gpt_layer_with_transformer_engine_spec(
@@ -172,7 +172,7 @@ def layer_spec(model: Any) -> ModuleSpec:
     return spec
 
 
-def block_spec(model: Any, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec | TransformerBlockSubmodules:
+def block_spec(model: ModelConfig, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec | TransformerBlockSubmodules:
     """The decoder of one model chunk: its layers (Gated DeltaNet or attention, by the model's pattern)
     and, without TE, a final norm that supports SP."""
     spec = layer_spec(model)
@@ -189,8 +189,8 @@ def block_spec(model: Any, config: TransformerConfig, vp_stage: int | None) -> M
 
 
 def build_model(
-    model: Any,
-    parallel: Any,
+    model: ModelConfig,
+    parallel: ParallelConfig,
     dtype: torch.dtype = torch.float32,
     *,
     perform_initialization: bool = True,

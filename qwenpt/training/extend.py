@@ -32,7 +32,7 @@ from typing import Any
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from qwenpt.config import Config, to_container
 
 from qwenpt import checkpoint
 from qwenpt.errors import ConfigError
@@ -43,7 +43,7 @@ log = logging.getLogger("qwenpt")
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 
 
-def run_previous_stage(cfg: DictConfig, is_main: bool, torchrun_env: tuple[str, ...]) -> None:
+def run_previous_stage(cfg: Config, is_main: bool, torchrun_env: tuple[str, ...]) -> None:
     """``python train.py <checkpoint.previous_stage>`` on rank 0, in one process; every rank waits for
     it. That run resumes from its own checkpoints, so a finished one only says so."""
     if is_main:
@@ -60,7 +60,7 @@ def run_previous_stage(cfg: DictConfig, is_main: bool, torchrun_env: tuple[str, 
                           f"({' '.join(cfg.checkpoint.previous_stage)}); is init_from its checkpoints directory?")
 
 
-def initialise(cfg: DictConfig, source: str | Path, model: list, optimizer: Any, scheduler: Any) -> Path:
+def initialise(cfg: Config, source: str | Path, model: list, optimizer: Any, scheduler: Any) -> Path:
     """Load the weights (and, with ``checkpoint.init_optimizer``, the optimizer state) of ``source``
     into a fresh run; its schedule stays this run's own, at step 0. Returns the checkpoint read."""
     path = checkpoint.resolve(source)
@@ -83,13 +83,13 @@ def initialise(cfg: DictConfig, source: str | Path, model: list, optimizer: Any,
     return path
 
 
-def _describe(cfg: DictConfig, path: Path, progress: dict) -> None:
+def _describe(cfg: Config, path: Path, progress: dict) -> None:
     """Log what the new stage changes against the run that wrote ``path``."""
     saved_file = path / "run_config.yaml"
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text())
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    changes = config_changes(saved, to_container(cfg))
     changed = changes["model"] + changes["data"] + changes["schedule"]
     step = progress.get("step", "?")
     log.info(

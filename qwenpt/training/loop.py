@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -13,7 +12,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,9 +25,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from qwenpt import checkpoint, distributed
-from qwenpt.config import ConfigError, to_container
+from qwenpt.config import Config, ConfigError, to_container
 from qwenpt.distributed import describe_layout
-from qwenpt.validation import validate
+from qwenpt.validation import configure
 from qwenpt.data import (build_datasets, build_source_valid_sets, dataset_config, load_tokenizer, resolve_blend,
                          sample_horizon)
 from qwenpt.flops import peak_tflops, training_flops_per_token
@@ -38,7 +37,8 @@ from qwenpt.models import build_model, param_counts, use_transformer_engine
 from qwenpt.models.size import format_count
 from qwenpt.training.evaluation import Evaluator
 from qwenpt.training.forward import forward_step, micro_batch_iterators, reduce_loss
-from qwenpt.training.guard import Guard, TrainingHalted, check_finite_parameters
+from qwenpt.training.checkpointing import Checkpoints
+from qwenpt.training.guard import Guard, TrainingHalted
 from qwenpt.training.optim import build_optimizer, build_scheduler
 from qwenpt.training import extend, mtp, run_folder
 from qwenpt.training.resume import select_checkpoint
@@ -105,17 +105,6 @@ class StopRequest:
             self.stop_file.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _halt_on_full_disk(step: int, last_good: Any) -> Iterator[None]:
-    """A save that finds no space stops the run with one message (the checkpoint's words, and the last good one)."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise TrainingHalted(f"step {step}: {err.strerror}. Last good checkpoint: {last_good()}.") from None
-
-
 def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
@@ -141,10 +130,10 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_
                  "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE")
 
 class Trainer:
-    def __init__(self, cfg: DictConfig) -> None:
-        configure_training_logs()  # before validate reads the datasets' indexes
-        world = distributed.world_size_from_env()
-        validate(cfg, world)
+    """One run: set up from a validated, typed config (``qwenpt.validation.configure``), then :meth:`fit`."""
+
+    def __init__(self, cfg: Config) -> None:
+        configure_training_logs()
         # rank 0 checks and locks the run folder before anything is written into it (or anywhere)
         self.folder = _claim(cfg)
         self.cfg = cfg
@@ -195,7 +184,6 @@ class Trainer:
         self.forward_backward = get_forward_backward_func()
 
         self.step, self.consumed = 0, 0
-        self.last_saved: Optional[Path] = self.resume_from
         if self.resume_from is not None:
             progress = checkpoint.load(self.resume_from, self.model, self.optimizer, self.scheduler)
             self.step, self.consumed = progress["step"], progress["consumed_samples"]
@@ -208,14 +196,14 @@ class Trainer:
             log.info("initialised weights from %s", source)
 
         self.stop = StopRequest(t.exit_signal, t.stop_file, self.rt.device, self.rt.is_main)
-        self.guard = Guard(t.guard, self.optimizer, self.stop.exchange, self._protect_last_good)
+        self.watchdog = Watchdog(t.watchdog, self.rt.rank, self.run_dir)
+        self.checkpoints = Checkpoints(cfg, self.ckpt_dir, self.resume_from, self.rt.is_main, self.watchdog)
+        self.guard = Guard(t.guard, self.optimizer, self.stop.exchange, self.checkpoints.protect_last_good)
         self.forward_step = partial(forward_step, self.rt.device, document_mask=d.document_mask)
         mcfg.finalize_model_grads_func = finalize_model_grads
         if self.guard.injections:  # test-only faults (train.guard.inject), wrapped in once here
             self.forward_step, mcfg.finalize_model_grads_func = self.guard.with_injections(
                 self.forward_step, finalize_model_grads, self.model, lambda: self.step + 1, self.rt.rank)
-        self.saver = checkpoint.Saver(cfg.checkpoint.async_save, cfg.checkpoint.checksums, self._saved)
-        self.watchdog = Watchdog(t.watchdog, self.rt.rank, self.run_dir)
         counts = param_counts(cfg.model)
         self.metrics = MetricsLogger(
             self.run_dir, cfg.logging.wandb, to_container(cfg), enabled=self.rt.is_main, resume_step=self.step
@@ -285,38 +273,8 @@ class Trainer:
         return loss, tokens, float(grad_norm) if grad_norm is not None else math.nan
 
     def save(self) -> None:
-        if not check_finite_parameters(self.model):
-            raise TrainingHalted(
-                f"step {self.step}: the weights hold NaN/Inf; refusing to save a checkpoint from them. "
-                f"Last good checkpoint: {self._last_good()}."
-            )
-        with self.watchdog.watch(f"checkpoint save at step {self.step}", self.cfg.train.watchdog.collective_timeout_s), \
-                _halt_on_full_disk(self.step, self._last_good):
-            self.saver.save(
-                self.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
-                progress={"consumed_samples": self.consumed, "sample_horizon": self.horizon},
-                run_config=OmegaConf.to_yaml(self.cfg, resolve=True),
-                keep_last=self.cfg.checkpoint.keep_last,
-                optim_sharding=self.cfg.checkpoint.optim_sharding,
-            )
-
-    def _saved(self, step: int, path: Path, stall_s: float, total_s: float) -> None:
-        self.last_saved = path
-        if self.rt.is_main:
-            log.info(
-                "saved checkpoint %s (training blocked %.3f s%s)", path, stall_s,
-                f", written in the background in {total_s:.3f} s" if self.cfg.checkpoint.async_save else "",
-            )
-
-    def _last_good(self) -> str:
-        self.saver.wait()  # a save in flight was taken before the trouble: publish it first
-        if self.last_saved is None:
-            return "none (no checkpoint saved yet; rerunning starts over)"
-        return str(self.last_saved)
-
-    def _protect_last_good(self, step: int) -> None:
-        if self.rt.is_main and self.last_saved is not None:
-            checkpoint.protect(self.ckpt_dir, self.last_saved.name, f"the last checkpoint before trouble at step {step}")
+        self.checkpoints.save(self.step, self.model, self.optimizer, self.scheduler,
+                              {"consumed_samples": self.consumed, "sample_horizon": self.horizon})
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -347,8 +305,8 @@ class Trainer:
             elapsed = time.perf_counter() - start
             self.step += 1
             self.consumed += t.global_batch_size  # a skipped step's batch is consumed too
-            skipped = self.guard.end(self.step, self._last_good)
-            self.saver.poll()
+            skipped = self.guard.end(self.step, self.checkpoints.last_good)
+            self.checkpoints.poll()
             throughput = self.window.add(loss, elapsed, skipped)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{throughput['tokens_per_s']:,.0f}")
@@ -366,8 +324,7 @@ class Trainer:
                 log.info(self.window.line(self.step, t.steps, last["lr"], grad_norm, last.get("mtp_loss")))
             if self.evaluator.should_run(self.step):
                 self.evaluator.run(self.step, self.consumed)
-            every = cfg.checkpoint.save_interval
-            saved = (every > 0 and self.step % every == 0) or self.step == t.steps
+            saved = self.checkpoints.due(self.step)
             if saved:
                 self.save()
             reason = self.stop.requested() if self.step < t.steps else None
@@ -388,7 +345,7 @@ class Trainer:
         """Publish a checkpoint still being written (``failed``: an error that may have left the ranks
         out of step, so leave it unpublished: resume takes the previous one), then stop the watchdog."""
         try:
-            self.saver.close(abort=failed)
+            self.checkpoints.close(abort=failed)
         finally:
             self.watchdog.close()
             self.metrics.close()
@@ -396,17 +353,15 @@ class Trainer:
                 self.folder.release()
 
 
-def _claim(cfg: DictConfig) -> Optional[run_folder.RunFolder]:
+def _claim(cfg: Config) -> Optional[run_folder.RunFolder]:
     """The run folder, checked and locked by global rank 0 (None on the other ranks)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     return run_folder.claim(cfg.train.run_dir, cfg, run_folder.hydra_overrides())
 
 
-def create_seed(cfg: DictConfig) -> Path:
+def create_seed(cfg: Config) -> Path:
     """Initialise the model once, in one process, and save its weights for runs in any layout."""
-    configure_training_logs()
-    validate(cfg, distributed.world_size_from_env())
     _claim(cfg)
     distributed.initialize(cfg.parallel, cfg.train.seed)
     chunks = build_model(cfg.model, cfg.parallel, resolve_dtype(cfg.train.precision))
@@ -419,8 +374,10 @@ def create_seed(cfg: DictConfig) -> Path:
     return path
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train as configured; returns the last step's train metrics."""
+def run(composed: DictConfig) -> dict:
+    """Train as Hydra composed it (validated, then typed); returns the last step's train metrics."""
+    configure_training_logs()  # before validation reads the datasets' indexes
+    cfg = configure(composed, distributed.world_size_from_env())
     if cfg.checkpoint.create_seed:
         return {"seed_checkpoint": str(create_seed(cfg))}
     trainer = Trainer(cfg)

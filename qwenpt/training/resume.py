@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from functools import reduce
 from typing import Any, Optional
 
 import torch.distributed as dist
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from qwenpt.config import Config, to_container
 
 from qwenpt import checkpoint
 from qwenpt.errors import ConfigError
@@ -85,7 +86,7 @@ def _kept(saved: dict, now: dict, name: str) -> tuple[dict, list[str]]:
     return kept, notes
 
 
-def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], Optional[str], dict]:
+def _decide(cfg: Config, ckpt_dir: Path) -> tuple[Optional[str], list[str], Optional[str], dict]:
     """(checkpoint path or None, warnings, error, settings kept from the checkpoint): rank 0's decision."""
     path, problems = checkpoint.find_resumable(ckpt_dir)
     if path is None:
@@ -105,7 +106,7 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
     if not saved_file.is_file():
         return str(path), notes, None, {}
     saved = yaml.safe_load(saved_file.read_text())
-    now = OmegaConf.to_container(cfg, resolve=True)
+    now = to_container(cfg)
     changes = config_changes(saved, now)
     kept, kept_notes = _kept(saved, now, path.name)
     notes += kept_notes
@@ -141,7 +142,7 @@ def _decide(cfg: DictConfig, ckpt_dir: Path) -> tuple[Optional[str], list[str], 
     return str(path), notes, None, kept
 
 
-def select_checkpoint(cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> Optional[Path]:
+def select_checkpoint(cfg: Config, ckpt_dir: Path, is_main: bool) -> Optional[Path]:
     """The checkpoint to resume from (None: start fresh), the same on every rank; raises
     :class:`ConfigError` when resuming cannot be right. Sets in ``cfg`` the settings the resumed run keeps."""
     if not cfg.checkpoint.resume:
@@ -152,7 +153,8 @@ def select_checkpoint(cfg: DictConfig, ckpt_dir: Path, is_main: bool) -> Optiona
     if error is not None:
         raise ConfigError(error)
     for key, value in kept.items():
-        OmegaConf.update(cfg, key, value)
+        section, _, name = key.rpartition(".")
+        setattr(reduce(getattr, section.split("."), cfg), name, value)
     for note in notes if is_main else ():
         log.warning(note)
     return Path(path) if path is not None else None

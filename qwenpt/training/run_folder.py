@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from qwenpt.config import Config
 
 from qwenpt.errors import ConfigError
 
@@ -64,7 +66,7 @@ class RunFolder:
         self.run_dir, self.fd, self.launch, self.log_file = run_dir, fd, launch, log_file
         self.recorded = False
 
-    def record(self, cfg: DictConfig) -> None:
+    def record(self, cfg: Config) -> None:
         """The launch trains: its config becomes the run's record (``.hydra/config.yaml``), atomically."""
         if self.recorded:
             return
@@ -84,7 +86,7 @@ class RunFolder:
             self.fd = -1
 
 
-def claim(run_dir: str | Path, cfg: DictConfig, overrides: Optional[list[str]] = None) -> RunFolder:
+def claim(run_dir: str | Path, cfg: Config, overrides: Optional[list[str]] = None) -> RunFolder:
     """Check and lock ``run_dir`` for this launch, keep its config under ``launches/``, and send the log to
     ``train.log``. Raises :class:`ConfigError` for a folder qwenpt did not make or one another trainer holds."""
     run_dir = Path(run_dir)

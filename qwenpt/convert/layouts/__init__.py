@@ -8,17 +8,17 @@ adding one.
 
 from __future__ import annotations
 
-from typing import Any
 
 from qwenpt.convert.layouts import qwen1, qwen2, qwen3_next
 from qwenpt.convert.layouts.base import Fields, Layout
 from qwenpt.errors import ConfigError
 from qwenpt.models.registry import FAMILIES
+from qwenpt.config import ModelConfig
 
 LAYOUTS: tuple[Layout, ...] = (qwen1.LAYOUT, qwen2.LAYOUT, qwen3_next.LAYOUT)
 
 
-def for_model(m: Any) -> Layout:
+def for_model(m: ModelConfig) -> Layout:
     """The layout model config ``m`` is exported in (its family's ``hf_layout``)."""
     hf_layout = FAMILIES[m.family].hf_layout
     for layout in LAYOUTS:

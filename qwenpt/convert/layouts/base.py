@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 
 from qwenpt.errors import ConfigError
+from qwenpt.config import ModelConfig
 
 Tensors = dict[str, torch.Tensor]
 Getter = Callable[[str], torch.Tensor]  # a tensor by name (a checkpoint's, or a model's)
@@ -55,7 +56,7 @@ def read_names(cfg: Fields, names: tuple[Name, ...]) -> dict:
     return out
 
 
-def write_names(m: Any, names: tuple[Name, ...]) -> dict:
+def write_names(m: ModelConfig, names: tuple[Name, ...]) -> dict:
     """The config.json keys of ``names`` from model config ``m``."""
     return {n.hf: getattr(m, n.field) for n in names}
 
@@ -95,12 +96,12 @@ def model_root(keys: set[str]) -> str:
     return "model."
 
 
-def unchanged(m: Any, keys: set[str]) -> Any:
+def unchanged(m: ModelConfig, keys: set[str]) -> Any:
     """The model config as config.json gave it (nothing to infer from the tensor names)."""
     return m
 
 
-def from_pretrained(transformers: Any, hf_dir: Path, m: Any, get: Getter) -> torch.nn.Module:
+def from_pretrained(transformers: Any, hf_dir: Path, m: ModelConfig, get: Getter) -> torch.nn.Module:
     """transformers' own model of ``hf_dir`` in fp32 (every layout transformers ships)."""
     return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 

@@ -19,6 +19,7 @@ from qwenpt.convert.layouts import qwen2
 from qwenpt.convert.layouts.base import (SHAPE_NAMES, Fields, Getter, Layout, Name, Tensors, read_names, rope_theta,
                                          write_names)
 from qwenpt.models.size import head_dim
+from qwenpt.config import ModelConfig
 
 # config.json keys v1 names as Qwen2 does, and its own norm epsilon
 NAMES = (*SHAPE_NAMES, Name("layer_norm_epsilon", "norm_eps", 1e-6))
@@ -37,22 +38,22 @@ def _simple(i: int) -> list[tuple[str, str]]:
     ]
 
 
-def _outer(m: Any) -> list[tuple[str, str]]:
+def _outer(m: ModelConfig) -> list[tuple[str, str]]:
     pairs = [("transformer.wte.weight", "model.embed_tokens.weight"), ("transformer.ln_f.weight", "model.norm.weight")]
     if not m.tie_embeddings:
         pairs.append(("lm_head.weight", "lm_head.weight"))
     return pairs
 
 
-def layer_keys(m: Any, i: int) -> list[str]:
+def layer_keys(m: ModelConfig, i: int) -> list[str]:
     return [a for a, _ in _simple(i)] + [f"transformer.h.{i}.attn.c_attn.{k}" for k in ("weight", "bias")]
 
 
-def outer_keys(m: Any) -> list[str]:
+def outer_keys(m: ModelConfig) -> list[str]:
     return [a for a, _ in _outer(m)]
 
 
-def layer_to_qwen2(v1: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, torch.Tensor]:
+def layer_to_qwen2(v1: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
     out = {q2: v1[a] for a, q2 in _simple(i)}
     for kind in ("weight", "bias"):
         q, k, v = v1[f"transformer.h.{i}.attn.c_attn.{kind}"].chunk(3)
@@ -61,7 +62,7 @@ def layer_to_qwen2(v1: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, tor
     return out
 
 
-def layer_from_qwen2(q2: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, torch.Tensor]:
+def layer_from_qwen2(q2: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
     out = {a: q2[b] for a, b in _simple(i)}
     for kind in ("weight", "bias"):
         out[f"transformer.h.{i}.attn.c_attn.{kind}"] = torch.cat(
@@ -70,15 +71,15 @@ def layer_from_qwen2(q2: dict[str, torch.Tensor], m: Any, i: int) -> dict[str, t
     return out
 
 
-def outer_to_qwen2(v1: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+def outer_to_qwen2(v1: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     return {b: v1[a] for a, b in _outer(m)}
 
 
-def outer_from_qwen2(q2: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+def outer_from_qwen2(q2: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     return {a: q2[b] for a, b in _outer(m)}
 
 
-def qwen2_tensor(name: str, get_v1: Any, m: Any) -> torch.Tensor:
+def qwen2_tensor(name: str, get_v1: Any, m: ModelConfig) -> torch.Tensor:
     """The Qwen2-layout tensor ``name`` read from a v1 checkpoint with ``get_v1``."""
     for a, b in _outer(m):
         if b == name:
@@ -105,7 +106,7 @@ def model_fields(cfg: Fields, mtype: str, source: str) -> dict:
     )
 
 
-def hf_config(m: Any) -> dict:
+def hf_config(m: ModelConfig) -> dict:
     """config.json of the v1 model (QWenLMHeadModel needs its remote code: copy its .py files along)."""
     return {
         "architectures": ["QWenLMHeadModel"], "model_type": "qwen", **write_names(m, NAMES),
@@ -116,25 +117,25 @@ def hf_config(m: Any) -> dict:
     }
 
 
-def read_group(get: Getter, m: Any, group: Any) -> Tensors:
+def read_group(get: Getter, m: ModelConfig, group: Any) -> Tensors:
     """One group's tensors in Qwen2's names, each v1 tensor read once with ``get``."""
     if group == "outer":
         return outer_to_qwen2({k: get(k) for k in outer_keys(m)}, m)
     return layer_to_qwen2({k: get(k) for k in layer_keys(m, group)}, m, group)
 
 
-def to_hf(meg: Tensors, m: Any, group: Any, root: str = "model.") -> Tensors:
+def to_hf(meg: Tensors, m: ModelConfig, group: Any, root: str = "model.") -> Tensors:
     """One group in v1's names (``root``: v1 checkpoints have one place, ``transformer.``)."""
     q2 = qwen2.to_hf(meg, m, group)
     return outer_from_qwen2(q2, m) if group == "outer" else layer_from_qwen2(q2, m, group)
 
 
-def megatron_params(m: Any, get: Getter, root: str = "model.") -> Getter:
+def megatron_params(m: ModelConfig, get: Getter, root: str = "model.") -> Getter:
     """Qwen2's parameters, each Qwen2 tensor read from its v1 counterpart."""
     return qwen2.megatron_params(m, lambda key: qwen2_tensor(key, get, m))
 
 
-def reference_model(transformers: Any, hf_dir: Path, m: Any, get: Getter) -> torch.nn.Module:
+def reference_model(transformers: Any, hf_dir: Path, m: ModelConfig, get: Getter) -> torch.nn.Module:
     """The equivalent ``Qwen2ForCausalLM`` (fp32) holding the checkpoint's tensors."""
     fields = {k: v for k, v in qwen2.hf_config(m).items() if k not in ("architectures", "model_type")}
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**fields)).eval()

@@ -22,6 +22,7 @@ from qwenpt.errors import ConfigError
 from qwenpt.models import rope
 from qwenpt.models.registry import FAMILIES, MODEL_TYPES, hf_architecture
 from qwenpt.models.size import head_dim
+from qwenpt.config import ModelConfig
 
 
 def model_fields(cfg: Fields, mtype: str, source: str) -> dict:
@@ -51,7 +52,7 @@ def model_fields(cfg: Fields, mtype: str, source: str) -> dict:
     return fields
 
 
-def hf_config(m: Any) -> dict:
+def hf_config(m: ModelConfig) -> dict:
     """config.json fields of the Hugging Face model equivalent to model config ``m`` (Qwen v1: the
     equivalent Qwen2 model)."""
     arch = hf_architecture(m) if FAMILIES[m.family].hf_layout == "qwen2" else "Qwen2ForCausalLM"
@@ -72,7 +73,7 @@ def hf_config(m: Any) -> dict:
     return cfg
 
 
-def rules(m: Any, group: Any, root: str = "model.") -> list[Rule]:
+def rules(m: ModelConfig, group: Any, root: str = "model.") -> list[Rule]:
     """Every rule of one group: ``"outer"`` or a layer's index."""
     if group == "outer":
         return outer_rules(m, root)
@@ -80,7 +81,7 @@ def rules(m: Any, group: Any, root: str = "model.") -> list[Rule]:
     return layer_rules(m, meg, hf, attention_rules(m, f"{meg}.self_attention", f"{hf}.self_attn"))
 
 
-def groups(m: Any) -> list:
+def groups(m: ModelConfig) -> list:
     return ["outer", *range(m.num_layers)]
 
 
@@ -107,7 +108,7 @@ def unfuse_experts(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+def hf_to_megatron(hf: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Full megatron-core state dict (TP=PP=EP=1 names) from a Hugging Face state dict
     (Hub per-expert keys, or transformers 5's fused experts)."""
     hf = unfuse_experts(hf)
@@ -117,7 +118,7 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tenso
     return out
 
 
-def megatron_to_hf(meg: dict[str, torch.Tensor], m: Any) -> dict[str, torch.Tensor]:
+def megatron_to_hf(meg: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """The inverse of :func:`hf_to_megatron` (Hub per-expert keys)."""
     out: dict[str, torch.Tensor] = {}
     for group in groups(m):

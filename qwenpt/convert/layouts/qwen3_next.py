@@ -37,6 +37,7 @@ from qwenpt.errors import ConfigError
 from qwenpt.models import hybrid
 from qwenpt.models.registry import FAMILIES, MODEL_TYPES, hf_architecture
 from qwenpt.models.size import head_dim
+from qwenpt.config import ModelConfig
 
 # the hybrid config.json keys, read and written alike
 NAMES = (
@@ -48,7 +49,7 @@ NAMES = (
 MULTIMODAL = ("qwen3_5", "qwen3_5_moe")  # Qwen3_5(Moe)ForConditionalGeneration: the language model's config in text_config
 
 
-def layout(m: Any) -> str:
+def layout(m: ModelConfig) -> str:
     return FAMILIES[m.family].hf_layout
 
 
@@ -61,7 +62,7 @@ def hf_root(keys: set[str]) -> str:
 # ---------------------------------------------------------------- per-block rules
 
 
-def _gated_qkv(m: Any, meg: str, hf: str) -> Rule:
+def _gated_qkv(m: ModelConfig, meg: str, hf: str) -> Rule:
     """megatron [per group: queries, gates, key, value] <- q_proj [per head: query, gate], k_proj, v_proj."""
     groups, per_group, d = head_split(m)
 
@@ -82,13 +83,13 @@ def _gated_qkv(m: Any, meg: str, hf: str) -> Rule:
                 fuse, split)
 
 
-def _gdn_sizes(m: Any) -> tuple[int, int, int, int, int, int]:
+def _gdn_sizes(m: ModelConfig) -> tuple[int, int, int, int, int, int]:
     """(key heads, value heads per key head, key dim, value dim, q/k width, v width)."""
     nk, nv, dk, dv = m.linear_num_key_heads, m.linear_num_value_heads, m.linear_key_head_dim, m.linear_value_head_dim
     return nk, nv // nk, dk, dv, nk * dk, nv * dv
 
 
-def _in_proj(m: Any, meg: str, hf: str) -> Rule:
+def _in_proj(m: ModelConfig, meg: str, hf: str) -> Rule:
     nk, r, dk, dv, qk, v = _gdn_sizes(m)
     nv = nk * r
     if layout(m) == "qwen3_5":
@@ -111,7 +112,7 @@ def _in_proj(m: Any, meg: str, hf: str) -> Rule:
     return Rule(f"{meg}.in_proj.weight", (f"{hf}.in_proj_qkvz.weight", f"{hf}.in_proj_ba.weight"), fuse, split)
 
 
-def _layer_rules(m: Any, meg: str, hf: str, linear: bool) -> list[Rule]:
+def _layer_rules(m: ModelConfig, meg: str, hf: str, linear: bool) -> list[Rule]:
     a = f"{meg}.self_attention"
     if not linear:
         qkv = _gated_qkv if m.attention_output_gate else plain_qkv
@@ -123,7 +124,7 @@ def _layer_rules(m: Any, meg: str, hf: str, linear: bool) -> list[Rule]:
         copy(f"{a}.out_proj.weight", f"{h}.out_proj.weight")])
 
 
-def rules(m: Any, group: Any, root: str = "model.") -> list[Rule]:
+def rules(m: ModelConfig, group: Any, root: str = "model.") -> list[Rule]:
     """Every rule of one group (``root``: where the HF language model's tensors are)."""
     if group == "outer":
         return outer_rules(m, root)
@@ -138,7 +139,7 @@ def rules(m: Any, group: Any, root: str = "model.") -> list[Rule]:
     return _layer_rules(m, f"decoder.layers.{group}", f"{root}layers.{group}", hybrid.is_linear_layer(m, group))
 
 
-def groups(m: Any) -> list:
+def groups(m: ModelConfig) -> list:
     return ["outer", *range(m.num_layers), *(("mtp", j) for j in range(m.mtp_num_layers))]
 
 
@@ -147,14 +148,14 @@ to_hf = TABLE.to_hf
 megatron_params = TABLE.megatron_params
 
 
-def complete(m: Any, keys: set[str]) -> Any:
+def complete(m: ModelConfig, keys: set[str]) -> Any:
     """The MTP layers a checkpoint carries when its config.json does not say (counted from ``mtp.layers.*``)."""
     if not m.mtp_num_layers and "mtp.fc.weight" in keys:
         return dataclasses.replace(m, mtp_num_layers=len({k.split(".")[2] for k in keys if k.startswith("mtp.layers.")}))
     return m
 
 
-def reference_model(transformers: Any, hf_dir: Path, m: Any, get: Getter) -> torch.nn.Module:
+def reference_model(transformers: Any, hf_dir: Path, m: ModelConfig, get: Getter) -> torch.nn.Module:
     """transformers' model, which needs a release that has the hybrid classes."""
     if not hasattr(transformers, hf_architecture(m)):
         raise ConfigError(f"verifying a {m.family} model needs transformers' {hf_architecture(m)} (transformers >= 5.2; "
@@ -165,7 +166,7 @@ def reference_model(transformers: Any, hf_dir: Path, m: Any, get: Getter) -> tor
 # ---------------------------------------------------------------- config.json
 
 
-def hf_config(m: Any) -> dict:
+def hf_config(m: ModelConfig) -> dict:
     """config.json of the equivalent Hugging Face text model."""
     if m.mtp_num_layers > 1:
         raise ConfigError(f"model.mtp_num_layers {m.mtp_num_layers}: the Hugging Face hybrid layout names one MTP "

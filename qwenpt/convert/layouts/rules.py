@@ -17,6 +17,7 @@ import torch
 
 from qwenpt.convert.layouts.base import Getter, Tensors
 from qwenpt.models.size import head_dim
+from qwenpt.config import ModelConfig
 
 TensorList = list[torch.Tensor]
 
@@ -37,12 +38,12 @@ def concat(meg: str, hf: tuple[str, ...], sizes: Callable[[], list[int]]) -> Rul
     return Rule(meg, hf, lambda ts: torch.cat(ts), lambda t: list(t.split(sizes())))
 
 
-def head_split(m: Any) -> tuple[int, int, int]:
+def head_split(m: ModelConfig) -> tuple[int, int, int]:
     """(query groups, query heads per group, head width) of megatron-core's fused QKV layout."""
     return m.num_query_groups, m.num_attention_heads // m.num_query_groups, head_dim(m)
 
 
-def plain_qkv(m: Any, meg: str, hf: str, kind: str = "weight") -> Rule:
+def plain_qkv(m: ModelConfig, meg: str, hf: str, kind: str = "weight") -> Rule:
     """megatron [per query group: queries, key, value] <- q_proj, k_proj, v_proj (weight or bias)."""
     groups, per_group, d = head_split(m)
 
@@ -59,7 +60,7 @@ def plain_qkv(m: Any, meg: str, hf: str, kind: str = "weight") -> Rule:
     return Rule(f"{meg}.linear_qkv.{kind}", tuple(f"{hf}.{p}_proj.{kind}" for p in "qkv"), fuse, split)
 
 
-def attention_rules(m: Any, meg: str, hf: str, qkv: Callable[[Any, str, str], Rule] = plain_qkv) -> list[Rule]:
+def attention_rules(m: ModelConfig, meg: str, hf: str, qkv: Callable[[Any, str, str], Rule] = plain_qkv) -> list[Rule]:
     """Self-attention (``qkv``: how its weight fuses; the hybrids' gated attention brings its own)."""
     rules = [qkv(m, meg, hf)]
     if m.qkv_bias:
@@ -70,7 +71,7 @@ def attention_rules(m: Any, meg: str, hf: str, qkv: Callable[[Any, str, str], Ru
     return rules
 
 
-def mlp_rules(m: Any, meg: str, hf: str) -> list[Rule]:
+def mlp_rules(m: ModelConfig, meg: str, hf: str) -> list[Rule]:
     """The SwiGLU MLP: dense, or a router, experts (HF: one set of keys per expert) and a gated shared expert."""
     def swiglu(a: str, b: str, width: int) -> list[Rule]:
         return [concat(f"{a}.linear_fc1.weight", (f"{b}.gate_proj.weight", f"{b}.up_proj.weight"), lambda: [width, width]),
@@ -87,14 +88,14 @@ def mlp_rules(m: Any, meg: str, hf: str) -> list[Rule]:
     return rules
 
 
-def layer_rules(m: Any, meg: str, hf: str, mixer: list[Rule]) -> list[Rule]:
+def layer_rules(m: ModelConfig, meg: str, hf: str, mixer: list[Rule]) -> list[Rule]:
     """A decoder layer: its two norms, its token mixer's rules (attention, or the hybrids' linear attention), the MLP."""
     return [copy(f"{meg}.input_layernorm.weight", f"{hf}.input_layernorm.weight"),
             copy(f"{meg}.pre_mlp_layernorm.weight", f"{hf}.post_attention_layernorm.weight"),
             *mixer, *mlp_rules(m, f"{meg}.mlp", f"{hf}.mlp")]
 
 
-def outer_rules(m: Any, root: str) -> list[Rule]:
+def outer_rules(m: ModelConfig, root: str) -> list[Rule]:
     """The embedding, the final norm and (untied) the output layer."""
     rules = [copy("embedding.word_embeddings.weight", f"{root}embed_tokens.weight"),
              copy("decoder.final_layernorm.weight", f"{root}norm.weight")]
@@ -119,16 +120,16 @@ class RuleTable:
     def __init__(self, rules: Callable[[Any, Any, str], list[Rule]]) -> None:
         self.rules = rules
 
-    def to_megatron(self, hf: Tensors, m: Any, group: Any, root: str = "model.") -> Tensors:
+    def to_megatron(self, hf: Tensors, m: ModelConfig, group: Any, root: str = "model.") -> Tensors:
         return {rule.meg: rule.fuse([hf[k] for k in rule.hf]) for rule in self.rules(m, group, root)}
 
-    def to_hf(self, meg: Tensors, m: Any, group: Any, root: str = "model.") -> Tensors:
+    def to_hf(self, meg: Tensors, m: ModelConfig, group: Any, root: str = "model.") -> Tensors:
         out = {}
         for rule in self.rules(m, group, root):
             out.update(zip(rule.hf, rule.split(meg[rule.meg])))
         return out
 
-    def megatron_params(self, m: Any, get: Getter, root: str = "model.") -> Getter:
+    def megatron_params(self, m: ModelConfig, get: Getter, root: str = "model.") -> Getter:
         """Each megatron-core parameter (TP=1 name) made from the HF tensors it is made of, read with ``get``
         when asked for (the current group's rules kept: parameters come group by group)."""
         current: dict[Any, dict[str, Rule]] = {}
