@@ -6,7 +6,7 @@
 Runs ``python -m qwenpt.scaling fit --law chinchilla --data points.csv --n-col N --d-col D
 --loss-col loss --bootstrap 200 --budgets 1e21,1e23`` (docs/scaling-laws.md#scaling-laws) as a subprocess on
 points.csv files written here: ``epoch``, Epoch AI's refit of Chinchilla on an IsoFLOP design (5
-budgets x 7 sizes) with 0.3% noise, as tests/test_scaling.py draws it; ``olmo``, the 20 fully
+budgets x 7 sizes) with 0.3% noise, as tests/{unit,integration}/test_scaling.py draws it; ``olmo``, the 20 fully
 decayed OLMo 2 ladder runs kept in analysis/data/published/. Each ``--src`` (a tree holding
 ``qwenpt/``, e.g. ``git archive HEAD qwenpt | tar -x -C /tmp/old``) is timed on the same data, one
 after the other, so on a busy machine compare the ratio, not the seconds; CPU seconds (all

@@ -18,7 +18,7 @@ Document masking counts the GPU path (``--kernel varlen``, default): attention a
 variable-length flash attention, which has no CPU kernel, so here that op is counted and answered with
 zeros of its output's shape; everything else runs for real. ``--kernel per_document`` counts the CPU's
 own path. Results are JSON (``--out``), one entry per model, masking and megatron-core version; the
-step-budget test (tests/test_gpu_step.py) asserts the budget on both CI lanes.
+step-budget test (tests/{unit,integration}/test_gpu_step.py) asserts the budget on both CI lanes.
 """
 
 from __future__ import annotations

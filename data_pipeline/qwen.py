@@ -16,7 +16,7 @@ Hugging Face files follow from it:
   Qwen2.5: 22; Qwen3: 26; Qwen3.5/3.6: 33), strings and ids as the models publish them.
 
 The rebuilt ``vocab.json`` and ``merges.txt`` are byte-identical to the published ones (sha256 in
-tests/test_tokenizer_qwen.py and tests/test_tokenizer_qwen35.py; docs/tokenizers.md).
+tests/unit/test_tokenizer_qwen.py and tests/unit/test_tokenizer_qwen35.py; docs/tokenizers.md).
 ``resolve("qwen2")`` builds a model's directory once (about 4 s; Qwen3.5's about 8 s) into the cache
 and returns it; ``write_tokenizer_dir(name, out)`` writes one anywhere (exported checkpoints carry it).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,49 @@ import yaml
 from qwenpt.config import ModelConfig, ParallelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# fixtures shared by a topic's unit and integration tests (tests/helpers/)
+pytest_plugins = ["helpers.convert", "helpers.hybrid"]
+
+
+UNIT = ROOT / "tests" / "unit"
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request, monkeypatch):
+    """The tiers' contract: a test in tests/unit starts no process of qwenpt's (no train.py, torchrun, CLI,
+    script or notebook kernel); one that does belongs in tests/integration. What torch starts itself
+    (torch.compile's compiler) is left alone."""
+    if not request.node.path.is_relative_to(UNIT):
+        return
+
+    popen = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        if not any(f"{os.sep}torch{os.sep}" in frame.filename for frame in traceback.extract_stack()):
+            raise AssertionError(f"a unit test started a process ({args!r}); move it to tests/integration")
+        popen(self, args, *rest, **kwargs)  # torch.compile's compiler and its library check
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The bundled 8192-token BPE (what the tiny models use)."""
+    from data_pipeline.tokenizer import TextTokenizer
+    from qwenpt.data import BUNDLED_TOKENIZER
+
+    return TextTokenizer(BUNDLED_TOKENIZER)
+
+
+def compose_cfg(*overrides: str):
+    """conf/ composed by Hydra with ``overrides``, as train.py composes it (untyped, before validation)."""
+    from hydra import compose, initialize_config_dir
+
+    from qwenpt.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def model_config(name: str, **overrides) -> ModelConfig:
@@ -37,7 +81,7 @@ def hf_model(m: ModelConfig, seed: int = 0):
     from qwenpt.convert.layouts import qwen2, qwen3_next
     from qwenpt.models import hybrid
 
-    # Qwen v1: the equivalent Qwen2 model (tests/test_convert.py writes its v1 checkpoint by hand)
+    # Qwen v1: the equivalent Qwen2 model (tests/helpers/convert.py writes its v1 checkpoint by hand)
     cfg = qwen3_next.hf_config(m) if hybrid.enabled(m) else qwen2.hf_config(m)
     fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
     arch = cfg["architectures"][0]  # Qwen2ForCausalLM, ..., Qwen3NextForCausalLM, Qwen3_5ForCausalLM, ...

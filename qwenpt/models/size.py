@@ -4,7 +4,7 @@ Used for MFU, the layout planner and the scaling-law tooling (embedding vs non-e
 parameters); a test checks it against megatron-core's real model built on the meta device.
 
 The hybrid generation (Qwen3-Next, Qwen3.5, Qwen3.6; ``full_attention_interval`` set) counts per layer
-kind, as megatron-core builds them (tests/test_hybrid_sizes.py checks every public config against
+kind, as megatron-core builds them (tests/{unit,integration}/test_hybrid_sizes.py checks every public config against
 transformers' model on the meta device, plus the MTP layer transformers drops):
 
 - a Gated DeltaNet layer: ``in_proj`` h x (2 qk + 2 v + 2 nv) (q, k, v, the output gate z, and per value
