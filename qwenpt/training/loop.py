@@ -129,6 +129,7 @@ def wrap_ddp(chunks: list, parallel: Any) -> list[DistributedDataParallel]:
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE")
 
+
 class Trainer:
     """One run: set up from a validated, typed config (``qwenpt.validation.configure``), then :meth:`fit`."""
 
